@@ -1,0 +1,1 @@
+"""ElasticSR models: networks, tiers, training, evaluation and checkpoints (no web code)."""
