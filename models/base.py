@@ -1,0 +1,143 @@
+"""The interface every scalable arbitrary-scale SR model implements, and the shared pipeline.
+
+Pipeline: normalise the LR image to [-1, 1], encode it once, decode the output pixels in
+bounded chunks of queries, add the bilinear upsample of the input, map back to [0, 1].
+The tier (or the method's raw knob) is an argument of every call and all intermediate features
+are returned, never stored on the module, so one loaded model serves concurrent requests.
+"""
+
+from __future__ import annotations
+
+import threading
+from abc import abstractmethod
+from collections.abc import Callable, Hashable
+from typing import Any
+
+import torch
+from torch import nn
+
+from models.implicit import bilinear_at, flat_coords
+from models.tiers import Tier
+
+# Queries decoded per chunk at inference: bounds peak memory independently of the output size.
+DEFAULT_MAX_QUERIES = 65536
+
+
+class ScalableSR(nn.Module):
+    """Base class: subclasses define tiers, `encode`, `decode`, `macs` and `params_used`."""
+
+    method: str = "?"
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._memo: dict[Hashable, Any] = {}
+        self._memo_lock = threading.Lock()
+
+    # ---- tiers -------------------------------------------------------------------------------
+    @abstractmethod
+    def tiers(self) -> list[Tier]:
+        """Runnable tiers, cheapest first."""
+
+    def default_tier(self, scale: tuple[float, float]) -> Tier:
+        """The tier used when a request names none: the richest, unless the method says otherwise."""
+        return self.tiers()[-1]
+
+    def tier(self, ref: str | Tier | None = None, scale: tuple[float, float] = (4.0, 4.0)) -> Tier:
+        """Resolve a tier name (or None for the default at this scale) to a Tier."""
+        if isinstance(ref, Tier):
+            return ref
+        if ref is None or ref == "auto":
+            return self.default_tier(scale)
+        for t in self.tiers():
+            if t.name == ref:
+                return t
+        raise KeyError(f"{self.method} has no tier {ref!r}; tiers: {[t.name for t in self.tiers()]}")
+
+    # ---- the network ---------------------------------------------------------------------------
+    @abstractmethod
+    def encode(self, lr: torch.Tensor, knob: Any, out_size: tuple[int, int]) -> Any:
+        """Per-image state (features) for decoding; `lr` is normalised to [-1, 1]."""
+
+    @abstractmethod
+    def decode(self, state: Any, coord: torch.Tensor, out_size: tuple[int, int], knob: Any) -> torch.Tensor:
+        """Residual RGB (B, Q, 3) at query coordinates (B, Q, 2) of an `out_size` image."""
+
+    def forward(
+        self, lr: torch.Tensor, coord: torch.Tensor, out_size: tuple[int, int], knob: Any
+    ) -> torch.Tensor:
+        """Training path: predictions (normalised) at the queried coordinates of an `out_size` image."""
+        state = self.encode(lr, knob, out_size)
+        return self.decode(state, coord, out_size, knob) + bilinear_at(lr, coord)
+
+    # ---- inference -----------------------------------------------------------------------------
+    @torch.no_grad()
+    def upscale(
+        self,
+        lr: torch.Tensor,
+        size: tuple[int, int],
+        tier: str | Tier | None = None,
+        max_queries: int = DEFAULT_MAX_QUERIES,
+    ) -> torch.Tensor:
+        """Upscale `lr` (B, 3, h, w) in [0, 1] to (B, 3, H, W) = `size` with the given tier.
+
+        Output pixels are decoded in chunks of at most `max_queries` (over the batch), so peak
+        memory does not grow with the output size (beyond the output itself).
+        """
+        if lr.dim() != 4 or lr.shape[1] != 3:
+            raise ValueError(f"expected (B, 3, h, w), got {tuple(lr.shape)}")
+        out_h, out_w = int(size[0]), int(size[1])
+        if out_h < 1 or out_w < 1:
+            raise ValueError(f"output size must be positive, got {size}")
+        scale = (out_h / lr.shape[2], out_w / lr.shape[3])
+        knob = self.tier(tier, scale).knob
+        x = (lr.float() - 0.5) / 0.5
+        out = self.render(x, (out_h, out_w), knob, max(1, max_queries // lr.shape[0]))
+        return (out * 0.5 + 0.5).clamp_(0, 1)
+
+    def render(self, lr: torch.Tensor, size: tuple[int, int], knob: Any, chunk: int) -> torch.Tensor:
+        """Decode every output pixel chunk by chunk (exact for decoders with independent queries)."""
+        state = self.encode(lr, knob, size)
+        b, total = lr.shape[0], size[0] * size[1]
+        out = torch.empty(b, total, 3, device=lr.device)
+        for start in range(0, total, chunk):
+            stop = min(total, start + chunk)
+            coord = flat_coords(size, start, stop, lr.device).expand(b, -1, -1)
+            out[:, start:stop] = self.decode(state, coord, size, knob) + bilinear_at(lr, coord)
+        return out.transpose(1, 2).reshape(b, 3, *size)
+
+    # ---- cost ----------------------------------------------------------------------------------
+    @abstractmethod
+    def macs(self, tier: str | Tier, lr_size: tuple[int, int], out_size: tuple[int, int]) -> int:
+        """Multiply-accumulates of convolutions and matrix products for one image at this tier."""
+
+    @abstractmethod
+    def params_used(self, knob: Any) -> int:
+        """Parameters that the knob's subnetwork actually uses."""
+
+    def macs_per_output_pixel(self, tier: str | Tier, scale: float, lr_side: int = 128) -> float:
+        out = round(lr_side * scale)
+        return self.macs(tier, (lr_side, lr_side), (out, out)) / (out * out)
+
+    # ---- derived-weight memo -------------------------------------------------------------------
+    def memo(self, key: Hashable, make: Callable[[], Any]) -> Any:
+        """Cache weights derived for a tier at inference; recomputed whenever gradients are on."""
+        if self.training or torch.is_grad_enabled():
+            return make()
+        with self._memo_lock:
+            if key not in self._memo:
+                self._memo[key] = make()
+            return self._memo[key]
+
+    def forget_derived(self) -> None:
+        """Drop cached derived weights (after loading or changing parameters)."""
+        with self._memo_lock:
+            self._memo.clear()
+
+    def _apply(self, fn, *args, **kwargs):  # device/dtype moves invalidate derived weights
+        if hasattr(self, "_memo"):
+            self.forget_derived()
+        return super()._apply(fn, *args, **kwargs)
+
+    def load_state_dict(self, *args, **kwargs):
+        self.forget_derived()
+        return super().load_state_dict(*args, **kwargs)

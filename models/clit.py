@@ -1,0 +1,188 @@
+"""CLIT: cascaded local implicit transformer — the quality reference, best at large scales.
+
+Each stage attends from a query to the g×g grid of latent codes around it (local attention with a
+positional bias), concatenates the attention-weighted values and decodes them with an MLP.
+Stage 1 works on the LR feature grid; stage n works on the features bilinearly upsampled to the
+n-th intermediate grid (the scale split geometrically over the stages). The output is
+Σ 0.75^(N−n) · residual_n plus the bilinear upsample of the input. The knob is N.
+
+All of it is local, so a chunk of output rows needs only a band of each stage's grid: `decode`
+builds just that band (with the conv halo), which keeps memory bounded at any scale and is
+exactly equal to building the whole grid.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from models.base import ScalableSR
+from models.encoder import EDSREncoder
+from models.implicit import nearest_index, pixel_centres, relative_cell
+from models.mlp import MLP
+from models.registry import register
+from models.tiers import Tier
+
+STAGE_DECAY = 0.75
+# CLIT's gathers are g²·dim per query: decode fewer queries per chunk than the default.
+MAX_CHUNK = 16384
+
+
+@dataclass
+class CLITState:
+    feat: torch.Tensor  # (B, dim, h, w) projected encoder features
+    grids: list[tuple[int, int]]  # grid size of each stage
+
+
+def stage_grids(lr_size: tuple[int, int], out_size: tuple[int, int], stages: int) -> list[tuple[int, int]]:
+    """Grid of stage n: the LR size times the first n−1 of `stages` equal (geometric) scale factors."""
+    grids = []
+    for n in range(stages):
+        frac = n / stages
+        grids.append(
+            (
+                max(lr_size[0], round(lr_size[0] * (out_size[0] / lr_size[0]) ** frac)),
+                max(lr_size[1], round(lr_size[1] * (out_size[1] / lr_size[1]) ** frac)),
+            )
+        )
+    return grids
+
+
+class Stage(nn.Module):
+    """One local implicit transformer: q/k/v convs, positional bias, MLP decoder."""
+
+    def __init__(self, dim: int, heads: int, grid: int, hidden: int, freqs: int) -> None:
+        super().__init__()
+        self.dim, self.heads, self.radius = dim, heads, grid // 2
+        self.qkv = nn.Conv2d(dim, 3 * dim, 3, padding=0)
+        self.register_buffer("freqs", 2.0 ** torch.linspace(-2, 3, freqs) * math.pi, persistent=False)
+        self.bias = nn.Linear(4 * freqs, heads)
+        self.mlp = MLP(grid * grid * dim + 2, hidden, 3, depth=5, act=nn.GELU)
+
+    def band(self, feat: torch.Tensor, grid: tuple[int, int], rows: tuple[int, int]) -> torch.Tensor:
+        """q/k/v maps (B, 3·dim, rows, Gw) for grid rows [a, b), zero-padded like a full 3×3 conv."""
+        a, b = rows
+        gh, gw = grid
+        lo, hi = max(a - 1, 0), min(b + 1, gh)
+        if (gh, gw) == tuple(feat.shape[-2:]):
+            base = feat[:, :, lo:hi]
+        else:  # bilinear upsample of the features, evaluated only at the band's pixel centres
+            ys = pixel_centres(gh, feat.device)[lo:hi]
+            xs = pixel_centres(gw, feat.device)
+            mesh = torch.stack(torch.meshgrid(xs, ys, indexing="xy"), -1).unsqueeze(0)
+            mesh = mesh.expand(feat.shape[0], -1, -1, -1)
+            base = F.grid_sample(feat, mesh, mode="bilinear", padding_mode="border", align_corners=False)
+        base = F.pad(base, (1, 1, int(a == 0), int(b == gh)))
+        return self.qkv(base)
+
+    def forward(
+        self, feat: torch.Tensor, grid: tuple[int, int], coord: torch.Tensor, out_size: tuple[int, int]
+    ) -> torch.Tensor:
+        """Residual (B, Q, 3) of this stage at the queries."""
+        gh, gw = grid
+        r, heads = self.radius, self.heads
+        iy, ix = nearest_index(coord[..., 0], gh), nearest_index(coord[..., 1], gw)
+        a = max(int(iy.min()) - r - 1, 0)
+        b = min(int(iy.max()) + r + 2, gh)
+        q_map, k_map, v_map = self.band(feat, grid, (a, b)).chunk(3, dim=1)
+        bsz, nq = coord.shape[:2]
+        # q: bilinear sample in band-local normalised coordinates.
+        band_y = ((coord[..., 0] + 1) * gh / 2 - a) / (b - a) * 2 - 1
+        sample = torch.stack([coord[..., 1], band_y], -1).unsqueeze(1)
+        q = F.grid_sample(q_map, sample, mode="bilinear", padding_mode="border", align_corners=False)
+        q = q[:, :, 0].transpose(1, 2).reshape(bsz, nq, heads, -1)
+        offs = torch.arange(-r, r + 1, device=coord.device)
+        ny = (iy[..., None, None] + offs[:, None]).expand(-1, -1, 2 * r + 1, 2 * r + 1).flatten(2)
+        nx = (ix[..., None, None] + offs[None, :]).expand(-1, -1, 2 * r + 1, 2 * r + 1).flatten(2)
+        inside = (ny >= 0) & (ny < gh) & (nx >= 0) & (nx < gw)
+        index = ((ny.clamp(0, gh - 1) - a) * gw + nx.clamp(0, gw - 1)).flatten(1)  # (B, Q·g²)
+        g2 = ny.shape[-1]
+
+        def gather(m: torch.Tensor) -> torch.Tensor:
+            flat = m.flatten(2)
+            out = torch.gather(flat, 2, index.unsqueeze(1).expand(-1, flat.shape[1], -1))
+            return out.transpose(1, 2).reshape(bsz, nq, g2, -1) * inside[..., None]
+
+        k, v = gather(k_map), gather(v_map)
+        cy = -1 + (2 * ny.float() + 1) / gh
+        cx = -1 + (2 * nx.float() + 1) / gw
+        rel = torch.stack([(coord[..., 0:1] - cy) * gh, (coord[..., 1:2] - cx) * gw], -1)  # (B, Q, g², 2)
+        angles = rel[..., None] * self.freqs  # (B, Q, g², 2, F)
+        pe = torch.cat([angles.sin(), angles.cos()], -1).flatten(-2)
+        dh = self.dim // heads
+        logits = torch.einsum("bqhd,bqghd->bqgh", q, k.reshape(bsz, nq, g2, heads, dh)) / math.sqrt(dh)
+        attn = (logits + self.bias(pe)).softmax(dim=2)
+        weighted = (v.reshape(bsz, nq, g2, heads, dh) * attn[..., None]).reshape(bsz, nq, -1)
+        cell = relative_cell(out_size, grid, bsz, coord.device)[:, None, :].expand(-1, nq, -1)
+        return self.mlp(torch.cat([weighted, cell], -1))
+
+    def macs(self, grid_pixels: int, queries: int) -> int:
+        g2 = (2 * self.radius + 1) ** 2
+        conv = 9 * self.dim * 3 * self.dim * grid_pixels
+        per_query = g2 * self.dim + g2 * self.bias.in_features * self.heads + self.mlp.macs_per_query
+        return conv + per_query * queries
+
+
+@register("clit")
+class CLIT(ScalableSR):
+    """EDSR-baseline + feature projection + up to 3 cascaded local implicit transformers."""
+
+    def __init__(
+        self,
+        dim: int = 128,
+        heads: int = 8,
+        grid: int = 3,
+        stages: int = 3,
+        hidden: int = 256,
+        freqs: int = 8,
+        **_: Any,
+    ) -> None:
+        super().__init__()
+        self.encoder = EDSREncoder()
+        self.proj = nn.Conv2d(self.encoder.channels, dim, 3, padding=1)
+        self.stages = nn.ModuleList(Stage(dim, heads, grid, hidden, freqs) for _ in range(stages))
+
+    def tiers(self) -> list[Tier]:
+        return [
+            Tier(f"stages{n}", n - 1, n, f"stages={n}", self.params_used(n))
+            for n in range(1, len(self.stages) + 1)
+        ]
+
+    def sample_training_knob(self, scale: float, rng: random.Random) -> int:
+        """Cumulative training: every depth of cascade is trained, on the final output only."""
+        return rng.randint(1, len(self.stages))
+
+    def encode(self, lr: torch.Tensor, knob: int, out_size: tuple[int, int]) -> CLITState:
+        feat = self.proj(self.encoder(lr))
+        return CLITState(feat, stage_grids(tuple(lr.shape[-2:]), out_size, int(knob)))
+
+    def decode(self, state: CLITState, coord, out_size, knob) -> torch.Tensor:
+        out = None
+        for stage, grid in zip(self.stages, state.grids, strict=False):
+            res = stage(state.feat, grid, coord, out_size)
+            out = res if out is None else STAGE_DECAY * out + res
+        return out
+
+    def render(self, lr, size, knob, chunk):
+        # Whole rows per chunk keep each stage's band narrow.
+        return super().render(lr, size, knob, min(chunk, max(MAX_CHUNK, size[1])))
+
+    def macs(self, tier, lr_size, out_size) -> int:
+        n = int(self.tier(tier).knob)
+        lr_px, out_px = lr_size[0] * lr_size[1], out_size[0] * out_size[1]
+        total = (self.encoder.macs_per_pixel() + 9 * self.proj.in_channels * self.proj.out_channels) * lr_px
+        for stage, grid in zip(self.stages, stage_grids(lr_size, out_size, n), strict=False):
+            total += stage.macs(grid[0] * grid[1], out_px)
+        return total
+
+    def params_used(self, knob: Any) -> int:
+        shared = sum(p.numel() for p in self.encoder.parameters()) + sum(
+            p.numel() for p in self.proj.parameters()
+        )
+        return shared + sum(sum(p.numel() for p in s.parameters()) for s in self.stages[: int(knob)])

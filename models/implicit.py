@@ -1,0 +1,93 @@
+"""Coordinates, cells and the local ensemble shared by every implicit decoder.
+
+Conventions (LIIF lineage): pixel centres lie in [-1, 1]; index 0 of a coordinate is the row (y),
+index 1 the column (x). Everything is computed by index arithmetic on the device of the inputs,
+never with a hard-coded device.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+# Scales beyond the training range see the cell of this scale (the cell clamp of LTE/SRNO).
+MAX_TRAINED_SCALE = 4.0
+
+
+def pixel_centres(n: int, device: torch.device | None = None) -> torch.Tensor:
+    """Centres of `n` pixels spanning [-1, 1]."""
+    return -1 + (2 * torch.arange(n, device=device, dtype=torch.float32) + 1) / n
+
+
+def flat_coords(size: tuple[int, int], start: int, stop: int, device: torch.device) -> torch.Tensor:
+    """Coordinates (stop-start, 2) of the row-major pixels [start, stop) of an image of `size`."""
+    h, w = size
+    idx = torch.arange(start, stop, device=device)
+    ys = -1 + (2 * torch.div(idx, w, rounding_mode="floor").float() + 1) / h
+    xs = -1 + (2 * (idx % w).float() + 1) / w
+    return torch.stack([ys, xs], dim=-1)
+
+
+def relative_cell(out_size: tuple[int, int], grid_size: tuple[int, int], batch: int, device) -> torch.Tensor:
+    """The output pixel size in units of grid pixels (×2), clamped to the trained scale range.
+
+    Returns (batch, 2): 2 * grid / out per axis, never below 2 / MAX_TRAINED_SCALE.
+    """
+    cell = torch.tensor(
+        [2 * grid_size[0] / out_size[0], 2 * grid_size[1] / out_size[1]], device=device, dtype=torch.float32
+    )
+    cell = cell.clamp(min=2 / MAX_TRAINED_SCALE)
+    return cell.expand(batch, 2)
+
+
+def nearest_index(coord: torch.Tensor, n: int) -> torch.Tensor:
+    """Index of the grid pixel (of `n` along this axis) whose cell holds each coordinate."""
+    return ((coord + 1) * (n / 2)).floor().long().clamp_(0, n - 1)
+
+
+@dataclass
+class Neighbour:
+    """One of the four LR pixels around a query: flat index, offset to the query, ensemble weight."""
+
+    index: torch.Tensor  # (B, Q) flat index into the h*w grid
+    rel: torch.Tensor  # (B, Q, 2) query minus pixel centre, in units where one pixel = 2
+    weight: torch.Tensor  # (B, Q, 1) bilinear (opposite-area) weight
+
+
+def four_neighbours(coord: torch.Tensor, grid_size: tuple[int, int]) -> list[Neighbour]:
+    """The local ensemble: the 4 grid pixels around each query, with bilinear area weights."""
+    h, w = grid_size
+    eps = 1e-6
+    picks = []
+    for dy in (-1, 1):
+        for dx in (-1, 1):
+            sy = (coord[..., 0] + dy / h + eps).clamp(-1 + 1e-6, 1 - 1e-6)
+            sx = (coord[..., 1] + dx / w + eps).clamp(-1 + 1e-6, 1 - 1e-6)
+            iy, ix = nearest_index(sy, h), nearest_index(sx, w)
+            cy = -1 + (2 * iy.float() + 1) / h
+            cx = -1 + (2 * ix.float() + 1) / w
+            rel = torch.stack([(coord[..., 0] - cy) * h, (coord[..., 1] - cx) * w], dim=-1)
+            area = (rel[..., 0] * rel[..., 1]).abs() + 1e-9
+            picks.append((iy * w + ix, rel, area))
+    total = sum(p[2] for p in picks)
+    # Each neighbour is weighted by the area of the diagonally opposite one (bilinear weights).
+    return [
+        Neighbour(index=picks[i][0], rel=picks[i][1], weight=(picks[3 - i][2] / total).unsqueeze(-1))
+        for i in range(4)
+    ]
+
+
+def gather_pixels(grid: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """Values (B, Q, C) of a grid (B, C, h, w) at flat indices (B, Q)."""
+    b, c = grid.shape[:2]
+    flat = grid.reshape(b, c, -1)
+    return torch.gather(flat, 2, index.unsqueeze(1).expand(b, c, index.shape[1])).transpose(1, 2)
+
+
+def bilinear_at(image: torch.Tensor, coord: torch.Tensor) -> torch.Tensor:
+    """Bilinear samples (B, Q, C) of `image` (B, C, h, w) at coordinates (B, Q, 2), border-padded."""
+    grid = coord.flip(-1).unsqueeze(1)  # grid_sample wants (x, y)
+    out = F.grid_sample(image, grid, mode="bilinear", padding_mode="border", align_corners=False)
+    return out[:, :, 0, :].transpose(1, 2)

@@ -1,0 +1,198 @@
+"""MoEISR: an implicit decoder split into experts of different depth, chosen per LR pixel by a mapper.
+
+Experts are LIIF-style MLPs of 2–5 layers over (neighbour feature, offset, cell); every output
+pixel is the bilinear (local-ensemble) mix of its four neighbours' predictions, each made by the
+expert the mapper picked for that neighbour's LR pixel. Training routes with straight-through
+Gumbel-softmax; inference routes by argmax.
+
+The expert budget is our knob (the paper has none): subtracting λ·cost from the mapper's logits
+moves pixels to lighter experts monotonically in λ, and per image we take the smallest λ whose
+routing keeps the mean expert cost (over the output pixels' actual use of each LR pixel) within
+`budget` × the heaviest expert's cost. Lower budget, never more MACs.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from models.base import ScalableSR
+from models.encoder import EDSREncoder
+from models.implicit import four_neighbours, gather_pixels, nearest_index, pixel_centres, relative_cell
+from models.mlp import MLP
+from models.registry import register
+from models.tiers import Tier
+
+BALANCE_WEIGHT = 1 / 3000  # the paper's β/α
+
+
+@dataclass(frozen=True)
+class TrainRouting:
+    """Training knob: Gumbel routing with the logits biased by −bias·cost (budget augmentation)."""
+
+    bias: float = 0.0
+
+
+@dataclass
+class MoEState:
+    feat: torch.Tensor  # (B, C, h, w)
+    route: torch.Tensor  # (B, J, h*w) one-hot (straight-through in training)
+    logits: torch.Tensor  # (B, J, h, w)
+
+
+def axis_usage(n: int, out: int, device) -> torch.Tensor:
+    """How many (output pixel, ensemble neighbour) pairs use each of the n LR positions on one axis."""
+    c = pixel_centres(out, device)
+    counts = torch.zeros(n, device=device)
+    for d in (-1, 1):
+        idx = nearest_index((c + d / n + 1e-6).clamp(-1 + 1e-6, 1 - 1e-6), n)
+        counts += torch.bincount(idx, minlength=n).float()
+    return counts
+
+
+def budget_routing(
+    logits: torch.Tensor, cost: torch.Tensor, usage: torch.Tensor, budget: float
+) -> torch.Tensor:
+    """Expert per LR pixel (B, h*w): argmax of logits − λ·cost with the smallest λ meeting the budget."""
+    flat = logits.flatten(2)  # (B, J, P)
+    choice = flat.argmax(1)
+    if budget >= 1.0:
+        return choice
+    weight = usage / usage.sum()
+    out = []
+    for b in range(flat.shape[0]):
+        lg = flat[b]
+
+        def mean_cost(lam: float, lg=lg) -> tuple[float, torch.Tensor]:
+            pick = (lg - lam * cost[:, None]).argmax(0)
+            return float((cost[pick] * weight).sum()), pick
+
+        spent, pick = mean_cost(0.0)
+        if spent > budget:
+            gaps = cost[:, None] - cost[None, :]
+            hi = float((lg.max() - lg.min()) / gaps[gaps > 0].min()) + 1.0
+            lo = 0.0
+            for _ in range(40):
+                mid = (lo + hi) / 2
+                if mean_cost(mid)[0] <= budget:
+                    hi = mid
+                else:
+                    lo = mid
+            pick = mean_cost(hi)[1]
+        out.append(pick)
+    return torch.stack(out)
+
+
+@register("moeisr")
+class MoEISR(ScalableSR):
+    """EDSR-baseline + 5-layer CNN mapper + experts of depth 2/3/4/5; knob = expert budget."""
+
+    DEPTHS = (2, 3, 4, 5)
+    TIER_BUDGETS = (("b25", 0.25), ("b45", 0.45), ("b70", 0.7), ("full", 1.0))
+
+    def __init__(self, hidden: int = 256, mapper_width: int = 64, **_: Any) -> None:
+        super().__init__()
+        self.encoder = EDSREncoder()
+        c = self.encoder.channels
+        layers: list[nn.Module] = []
+        for i in range(4):
+            layers += [nn.Conv2d(c if i == 0 else mapper_width, mapper_width, 3, padding=1), nn.ReLU()]
+        layers.append(nn.Conv2d(mapper_width, len(self.DEPTHS), 3, padding=1))
+        self.mapper = nn.Sequential(*layers)
+        self.experts = nn.ModuleList(MLP(c + 4, hidden, 3, depth) for depth in self.DEPTHS)
+        costs = torch.tensor([e.macs_per_query for e in self.experts], dtype=torch.float32)
+        self.register_buffer("relative_cost", costs / costs.max(), persistent=False)
+
+    # ---- tiers ---------------------------------------------------------------------------------
+    def tiers(self) -> list[Tier]:
+        return [
+            Tier(name, i, budget, f"budget={budget:g}", self.params_used(budget))
+            for i, (name, budget) in enumerate(self.TIER_BUDGETS)
+        ]
+
+    def sample_training_knob(self, scale: float, rng: random.Random) -> TrainRouting:
+        """Half the batches route with a random bias towards light experts, to train them on more pixels."""
+        return TrainRouting(bias=rng.uniform(0.0, 3.0) if rng.random() < 0.5 else 0.0)
+
+    # ---- network -------------------------------------------------------------------------------
+    def encode(self, lr: torch.Tensor, knob: Any, out_size: tuple[int, int]) -> MoEState:
+        feat = self.encoder(lr)
+        logits = self.mapper(feat)
+        j = len(self.experts)
+        if isinstance(knob, TrainRouting):
+            biased = logits - knob.bias * self.relative_cost.view(1, j, 1, 1)
+            route = F.gumbel_softmax(biased.flatten(2), tau=1.0, hard=True, dim=1)
+        else:
+            usage = torch.outer(
+                axis_usage(lr.shape[2], out_size[0], lr.device),
+                axis_usage(lr.shape[3], out_size[1], lr.device),
+            ).flatten()
+            pick = budget_routing(logits, self.relative_cost, usage, float(knob))
+            route = F.one_hot(pick, j).transpose(1, 2).float()
+        return MoEState(feat, route, logits)
+
+    def decode(self, state: MoEState, coord: torch.Tensor, out_size, knob) -> torch.Tensor:
+        b, q = coord.shape[:2]
+        grid = state.feat.shape[-2:]
+        cell = relative_cell(out_size, grid, b, coord.device)[:, None, :].expand(-1, q, -1)
+        neighbours = four_neighbours(coord, grid)
+        x = torch.cat(
+            [torch.cat([gather_pixels(state.feat, n.index), n.rel, cell], -1) for n in neighbours], 1
+        )
+        gates = torch.cat([gather_pixels(state.route, n.index) for n in neighbours], 1)  # (B, 4Q, J)
+        if isinstance(knob, TrainRouting):
+            y = sum(gates[..., j : j + 1] * expert(x) for j, expert in enumerate(self.experts))
+        else:
+            y = x.new_zeros(b, 4 * q, 3)
+            pick = gates.argmax(-1)
+            for j, expert in enumerate(self.experts):
+                mask = pick == j
+                if mask.any():
+                    y[mask] = expert(x[mask])
+        weights = torch.cat([n.weight for n in neighbours], 1)
+        return (y * weights).reshape(b, 4, q, 3).sum(1)
+
+    def training_loss(self, lr, coord, out_size, knob, target) -> torch.Tensor:
+        """L1 plus the paper's load-balance term on the mapper's soft assignment."""
+        from models.implicit import bilinear_at
+
+        state = self.encode(lr, knob, out_size)
+        pred = self.decode(state, coord, out_size, knob) + bilinear_at(lr, coord)
+        share = state.logits.softmax(1).mean(dim=(0, 2, 3))
+        balance = (share - 1 / len(self.experts)).abs().sum()
+        return F.l1_loss(pred, target) + BALANCE_WEIGHT * balance
+
+    # ---- cost ----------------------------------------------------------------------------------
+    def _pixel_macs(self) -> int:
+        enc = self.encoder.macs_per_pixel()
+        mapper = sum(m.in_channels * m.out_channels * 9 for m in self.mapper if isinstance(m, nn.Conv2d))
+        return enc + mapper
+
+    def macs(self, tier, lr_size, out_size) -> int:
+        """Upper bound at this tier: the budget caps the mean expert cost per (pixel, neighbour)."""
+        budget = min(1.0, float(self.tier(tier).knob))
+        heavy = max(e.macs_per_query for e in self.experts)
+        return self._pixel_macs() * lr_size[0] * lr_size[1] + int(
+            4 * budget * heavy * out_size[0] * out_size[1]
+        )
+
+    def routed_macs(self, state: MoEState, out_size: tuple[int, int]) -> int:
+        """Exact MACs of decoding one image (B=1) with this routing."""
+        h, w = state.feat.shape[-2:]
+        usage = torch.outer(
+            axis_usage(h, out_size[0], state.feat.device), axis_usage(w, out_size[1], state.feat.device)
+        ).flatten()
+        per_expert = (state.route[0] * usage).sum(1)
+        decoder = sum(
+            round(n.item()) * e.macs_per_query for n, e in zip(per_expert, self.experts, strict=True)
+        )
+        return self._pixel_macs() * h * w + decoder
+
+    def params_used(self, knob: Any) -> int:
+        """All experts stay loaded and may be routed to; the budget changes MACs, not parameters."""
+        return sum(p.numel() for p in self.parameters())
