@@ -119,14 +119,24 @@ class ScalableSR(nn.Module):
         return self.macs(tier, (lr_side, lr_side), (out, out)) / (out * out)
 
     # ---- derived-weight memo -------------------------------------------------------------------
-    def memo(self, key: Hashable, make: Callable[[], Any]) -> Any:
-        """Cache weights derived for a tier at inference; recomputed whenever gradients are on."""
-        if self.training or torch.is_grad_enabled():
+    def memo(self, key: Hashable, make: Callable[[], Any], differentiable: bool = True) -> Any:
+        """Cache what is derived from the weights (narrowed layers, tier widths).
+
+        Entries are tagged with the parameters' version counters, so any in-place update (an
+        optimiser step, a load) invalidates them. Differentiable results are never cached while
+        gradients are on: training needs a fresh graph every step.
+        """
+        if differentiable and (self.training or torch.is_grad_enabled()):
             return make()
+        version = tuple(p._version for p in self.parameters())
         with self._memo_lock:
-            if key not in self._memo:
-                self._memo[key] = make()
-            return self._memo[key]
+            hit = self._memo.get(key)
+            if hit is not None and hit[0] == version:
+                return hit[1]
+        value = make()
+        with self._memo_lock:
+            self._memo[key] = (version, value)
+        return value
 
     def forget_derived(self) -> None:
         """Drop cached derived weights (after loading or changing parameters)."""

@@ -59,7 +59,7 @@ def budget_routing(
     logits: torch.Tensor, cost: torch.Tensor, usage: torch.Tensor, budget: float
 ) -> torch.Tensor:
     """Expert per LR pixel (B, h*w): argmax of logits − λ·cost with the smallest λ meeting the budget."""
-    flat = logits.flatten(2)  # (B, J, P)
+    flat = logits.detach().flatten(2)  # (B, J, P)
     choice = flat.argmax(1)
     if budget >= 1.0:
         return choice

@@ -37,9 +37,10 @@ def _import_all() -> None:
 
 
 def available() -> list[str]:
-    """Names of every registered method, in registration order."""
+    """Names of every registered method, in the order of `_METHOD_MODULES` (then any others)."""
     _import_all()
-    return list(_BUILDERS)
+    known = [m.rsplit(".", 1)[1] for m in _METHOD_MODULES]
+    return [n for n in known if n in _BUILDERS] + sorted(n for n in _BUILDERS if n not in known)
 
 
 def build(name: str, **config: Any) -> ScalableSR:

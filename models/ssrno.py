@@ -68,7 +68,7 @@ class SSRNO(GalerkinSR):
         return knob
 
     def tiers(self) -> list[Tier]:
-        return self.memo("tiers", self._make_tiers)
+        return self.memo("tiers", self._make_tiers, differentiable=False)
 
     def _make_tiers(self) -> list[Tier]:
         tiers = []

@@ -1,8 +1,8 @@
 """`python -m models.train`: resumable training of one method on a folder of HR images.
 
 L1 loss on random query pixels of random crops at a random scale in [1, 4] per batch, with
-flips/transposes, Adam and a cosine learning rate over a *time* budget (so the schedule is right
-whether a step takes 10 ms on a GPU or 1 s on a CPU, and across resumed runs). The training
+flips/transposes, Adam and a cosine learning rate over a planned number of steps that carries
+across resumed runs (a run may stop early with --minutes and continue later). The training
 state is two safetensors files (weights, and Adam's second moments in bfloat16 to keep files
 small) written every few minutes; `--resume` continues from them, and also from weights alone.
 """
@@ -38,7 +38,7 @@ class Config:
     patch: int = 48
     queries: int = 2304
     lr: float = 3e-4
-    budget_minutes: float = 17.0
+    total_steps: int = 20000
     warmup_steps: int = 300
 
     @classmethod
@@ -46,13 +46,13 @@ class Config:
         if name == "gpu":
             return cls()
         if name == "cpu":
-            return cls(batch=4, patch=32, queries=1024, lr=2e-4, budget_minutes=180.0)
+            return cls(batch=4, patch=32, queries=1024, lr=2e-4, total_steps=4000)
         raise ValueError(f"unknown preset {name!r}")
 
 
-def learning_rate(cfg: Config, elapsed_s: float, fresh_steps: int) -> float:
-    """Cosine over the time budget, with a warm-up after every fresh optimiser."""
-    progress = min(1.0, elapsed_s / (cfg.budget_minutes * 60))
+def learning_rate(cfg: Config, step: int, fresh_steps: int) -> float:
+    """Cosine over the planned steps, with a warm-up after every fresh optimiser."""
+    progress = min(1.0, step / cfg.total_steps)
     cosine = 0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * progress))
     return cfg.lr * cosine * min(1.0, (fresh_steps + 1) / cfg.warmup_steps)
 
@@ -122,10 +122,12 @@ def main(argv: list[str] | None = None) -> int:
         "--richest-only", action="store_true", help="train only the richest tier (e.g. plain SRNO)"
     )
     ap.add_argument("--preset", choices=("gpu", "cpu"), default=None, help="default: gpu on CUDA, else cpu")
+    ap.add_argument("--batch", type=int, default=None, help="override the preset's batch size")
+    ap.add_argument("--patch", type=int, default=None, help="override the preset's LR patch size")
+    ap.add_argument("--queries", type=int, default=None, help="override the preset's queries per patch")
     ap.add_argument("--device", default=None)
     ap.add_argument("--minutes", type=float, default=None, help="stop after this many minutes of this run")
-    ap.add_argument("--steps", type=int, default=None, help="stop after this many total steps")
-    ap.add_argument("--budget-minutes", type=float, default=None, help="total training time of the schedule")
+    ap.add_argument("--steps", type=int, default=None, help="planned total steps (the schedule's length)")
     ap.add_argument("--save-every", type=float, default=3.0, help="minutes between checkpoints")
     ap.add_argument("--log-every", type=int, default=200)
     ap.add_argument("--seed", type=int, default=0)
@@ -138,8 +140,10 @@ def main(argv: list[str] | None = None) -> int:
     torch.backends.cuda.matmul.allow_tf32 = True
     torch.backends.cudnn.allow_tf32 = True
     cfg = Config.preset(args.preset or ("gpu" if device.type == "cuda" else "cpu"))
-    if args.budget_minutes:
-        cfg.budget_minutes = args.budget_minutes
+    for field in ("steps", "batch", "patch", "queries"):
+        value = getattr(args, field)
+        if value:
+            setattr(cfg, "total_steps" if field == "steps" else field, value)
     out = Path(args.out or f"runs/{args.method}")
 
     torch.manual_seed(args.seed)
@@ -179,10 +183,10 @@ def main(argv: list[str] | None = None) -> int:
     start = last_save = time.time()
     n_params = sum(p.numel() for p in model.parameters())
     print(f"{args.method}: {n_params} params, {len(images)} images, device {device}, config {asdict(cfg)}")
-    bar = tqdm(total=args.steps, initial=step, disable=None, desc=args.method, file=sys.stdout)
+    bar = tqdm(total=cfg.total_steps, initial=step, disable=None, desc=args.method, file=sys.stdout)
     running, count = 0.0, 0
     while True:
-        if args.steps is not None and step >= args.steps:
+        if step >= cfg.total_steps:
             break
         if args.minutes is not None and time.time() - start >= args.minutes * 60:
             break
@@ -194,7 +198,7 @@ def main(argv: list[str] | None = None) -> int:
         else:
             loss = F.l1_loss(model(batch.lr, batch.coord, batch.out_size, knob), batch.target)
         for group in optimizer.param_groups:
-            group["lr"] = learning_rate(cfg, elapsed, fresh_steps)
+            group["lr"] = learning_rate(cfg, step, fresh_steps)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)

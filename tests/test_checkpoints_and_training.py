@@ -1,0 +1,89 @@
+"""Checkpoint export/verification, the evaluation protocol and resumable training."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from safetensors import safe_open
+
+from models import registry, train
+from models.checkpoint import CheckpointError, export_weights, load_model, write_manifest
+from models.quality import crop_for_scale, psnr_y, y_channel
+
+
+def _export(tmp_path, name="anysr"):
+    model = registry.build(name).eval()
+    sha = export_weights(model, tmp_path / f"{name}.safetensors")
+    write_manifest({"method": name, "file": f"{name}.safetensors", "sha256": sha, "tiers": []}, tmp_path)
+    return model
+
+
+def test_exported_checkpoint_loads_and_matches(tmp_path) -> None:
+    model = _export(tmp_path)
+    loaded = load_model("anysr", torch.device("cpu"), tmp_path)
+    lr = torch.rand(1, 3, 9, 10)
+    # float16 storage: the loaded model differs from the float32 original only by rounding.
+    assert torch.allclose(model.upscale(lr, (20, 17)), loaded.upscale(lr, (20, 17)), atol=2e-2)
+    assert loaded.manifest["method"] == "anysr"
+
+
+def test_corrupt_or_missing_checkpoint_is_refused_clearly(tmp_path) -> None:
+    _export(tmp_path)
+    path = tmp_path / "anysr.safetensors"
+    data = bytearray(path.read_bytes())
+    data[-100] ^= 0xFF
+    path.write_bytes(bytes(data))
+    with pytest.raises(CheckpointError, match="corrupt"):
+        load_model("anysr", torch.device("cpu"), tmp_path)
+    path.unlink()
+    with pytest.raises(CheckpointError, match="missing"):
+        load_model("anysr", torch.device("cpu"), tmp_path)
+    with pytest.raises(CheckpointError, match="no manifest"):
+        load_model("clit", torch.device("cpu"), tmp_path)
+
+
+def test_psnr_protocol() -> None:
+    rng = np.random.default_rng(0)
+    hr = Image.fromarray(rng.integers(0, 256, (37, 50, 3), dtype=np.uint8), "RGB")
+    cropped, lr_size = crop_for_scale(hr, 3)
+    assert cropped.size == (48, 36) and lr_size == (16, 12)
+    cropped, lr_size = crop_for_scale(hr, 2.5)
+    assert lr_size == (20, 14) and cropped.size == (50, 35)
+    assert math.isinf(psnr_y(hr, hr, 2))
+    # Y of pure white is 235/255 in the BT.601 studio range.
+    white = Image.new("RGB", (4, 4), (255, 255, 255))
+    assert np.allclose(y_channel(white), 235 / 255)
+    darker = Image.fromarray((np.asarray(hr) // 2).astype(np.uint8))
+    assert 0 < psnr_y(darker, hr, 2) < 20
+
+
+def _image_folder(path, n=3, size=(72, 80)):
+    path.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(n):
+        smooth = rng.normal(size=(size[0] // 8, size[1] // 8, 3))
+        img = Image.fromarray(((smooth - smooth.min()) / np.ptp(smooth) * 255).astype(np.uint8))
+        img.resize(size[::-1], Image.BICUBIC).save(path / f"{i}.png")
+    return path
+
+
+def test_training_runs_saves_and_resumes(tmp_path) -> None:
+    data = _image_folder(tmp_path / "imgs")
+    out = tmp_path / "run"
+    args = ["--method", "clit", "--data", str(data), "--out", str(out), "--log-every", "1"]
+    args += ["--threads", "2", "--batch", "2", "--patch", "12", "--queries", "64"]
+    assert train.main([*args, "--steps", "2"]) == 0
+    with safe_open(str(out / "model.safetensors"), "pt") as f:
+        meta = json.loads(f.metadata()["train"])
+    assert meta["step"] == 2 and meta["images"] == 3
+    first = (out / "model.safetensors").read_bytes()
+    assert train.main([*args, "--steps", "3", "--resume"]) == 0
+    with safe_open(str(out / "model.safetensors"), "pt") as f:
+        assert json.loads(f.metadata()["train"])["step"] == 3
+    assert (out / "model.safetensors").read_bytes() != first
+    assert (out / "optim.safetensors").is_file()

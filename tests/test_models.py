@@ -1,0 +1,194 @@
+"""The models interface: tiers, shapes, exact chunking, MAC accounting, determinism."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from models import registry
+from models.anysr import width_for_scale
+from models.widths import axis_map
+
+METHODS = ["ssrno", "anysr", "moeisr", "clit"]
+
+
+def test_registry_lists_the_four_methods() -> None:
+    assert registry.available() == METHODS
+    with pytest.raises(KeyError, match="unknown method"):
+        registry.build("nope")
+
+
+@pytest.mark.parametrize("name", METHODS)
+def test_tiers_are_ordered_and_monotone_in_cost(built_models, name) -> None:
+    model = built_models[name]
+    tiers = model.tiers()
+    assert len(tiers) >= (5 if name == "ssrno" else 3)
+    assert [t.index for t in tiers] == list(range(len(tiers)))
+    assert len({t.name for t in tiers}) == len(tiers)
+    for scale in (2, 3, 4):
+        macs = [model.macs(t, (32, 32), (32 * scale, 32 * scale)) for t in tiers]
+        assert macs == sorted(macs), (scale, macs)
+        assert macs[0] < macs[-1]
+    params = [t.params for t in tiers]
+    assert params == sorted(params)
+    assert params[-1] == sum(p.numel() for p in model.parameters())
+
+
+@pytest.mark.parametrize("name", METHODS)
+@pytest.mark.parametrize("size", [(23, 31), (11, 14), (40, 17), (97, 13)])
+def test_output_shape_for_odd_and_asymmetric_scales(built_models, lr_image, name, size) -> None:
+    model = built_models[name]
+    for tier in (model.tiers()[0], model.tiers()[-1]):
+        out = model.upscale(lr_image, size, tier)
+        assert out.shape == (1, 3, *size)
+        assert torch.isfinite(out).all()
+        assert out.min() >= 0 and out.max() <= 1
+
+
+@pytest.mark.parametrize("name", METHODS)
+def test_chunked_decoding_equals_one_pass(built_models, lr_image, name) -> None:
+    """Chunking must not change the maths, including SRNO's global Galerkin attention."""
+    model = built_models[name]
+    size = (37, 29)
+    for tier in model.tiers():
+        whole = model.upscale(lr_image, size, tier, max_queries=10**9)
+        chunked = model.upscale(lr_image, size, tier, max_queries=101)
+        assert torch.allclose(whole, chunked, atol=1e-5, rtol=0), (tier.name, (whole - chunked).abs().max())
+
+
+def test_galerkin_chunking_is_not_the_naive_per_chunk_attention(built_models, lr_image) -> None:
+    """Guard against silently normalising attention per chunk (what SRNO's row chunking does)."""
+    model = built_models["ssrno"]
+    size = (30, 30)
+    tier = model.tiers()[-1]
+    x = (lr_image - 0.5) / 0.5
+    state = model.encode(x, tier.knob, size)
+    from models.implicit import flat_coords
+
+    coord = flat_coords(size, 0, 450, x.device)[None]
+    naive = model.decode(state, coord, size, tier.knob)
+    exact = model.upscale(lr_image, size, tier, max_queries=450).flatten(2).transpose(1, 2)[:, :450]
+    from models.implicit import bilinear_at
+
+    naive_img = (naive + bilinear_at(x, coord)) * 0.5 + 0.5
+    assert not torch.allclose(naive_img.clamp(0, 1), exact, atol=1e-4)
+
+
+@pytest.mark.parametrize("name", ["ssrno", "anysr", "clit"])
+def test_mac_accounting_matches_a_counted_forward_pass(built_models, lr_image, name) -> None:
+    model = built_models[name]
+    size = (30, 41)
+    for tier in model.tiers():
+        with FlopCounterMode(display=False) as counter:
+            model.upscale(lr_image, size, tier)
+        assert counter.get_total_flops() // 2 == model.macs(tier, tuple(lr_image.shape[-2:]), size), tier.name
+
+
+def test_moeisr_routed_macs_are_counted_exactly_and_budget_is_monotone(built_models, lr_image) -> None:
+    model = built_models["moeisr"]
+    size = (30, 41)
+    x = (lr_image - 0.5) / 0.5
+    routed = []
+    for tier in model.tiers():
+        with FlopCounterMode(display=False) as counter:
+            model.upscale(lr_image, size, tier)
+        state = model.encode(x, tier.knob, size)
+        exact = model.routed_macs(state, size)
+        assert counter.get_total_flops() // 2 == exact
+        assert exact <= model.macs(tier, tuple(lr_image.shape[-2:]), size)
+        routed.append(exact)
+    assert routed == sorted(routed)
+
+
+def test_moeisr_budget_moves_pixels_to_lighter_experts() -> None:
+    from models.moeisr import budget_routing
+
+    torch.manual_seed(3)
+    logits = torch.randn(2, 4, 9, 9) + torch.tensor([0.0, 0.0, 0.0, 3.0]).view(1, 4, 1, 1)
+    cost = torch.tensor([0.1, 0.4, 0.7, 1.0])
+    usage = torch.ones(81)
+    spent = []
+    for budget in (0.2, 0.5, 0.8, 1.0):
+        pick = budget_routing(logits, cost, usage, budget)
+        mean = cost[pick].mean(dim=1)
+        if budget < 1.0:
+            assert (mean <= budget + 1e-6).all()
+        spent.append(float(mean.mean()))
+    assert spent == sorted(spent)
+
+
+def test_upscale_is_deterministic(built_models, lr_image) -> None:
+    for model in built_models.values():
+        a = model.upscale(lr_image, (25, 33))
+        b = model.upscale(lr_image, (25, 33))
+        assert torch.equal(a, b), model.method
+
+
+def test_one_model_serves_concurrent_calls_with_different_tiers(built_models, lr_image) -> None:
+    """No per-call state on modules: threads with different tiers get the sequential results."""
+    for name in ("ssrno", "clit"):
+        model = built_models[name]
+        tiers = model.tiers()
+        expected = {t.name: model.upscale(lr_image, (27, 35), t) for t in tiers}
+        results: dict[str, torch.Tensor] = {}
+
+        def run(tier, model=model, results=results) -> None:
+            for _ in range(3):
+                results[tier.name] = model.upscale(lr_image, (27, 35), tier)
+
+        threads = [threading.Thread(target=run, args=(t,)) for t in tiers]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        for t in tiers:
+            assert torch.allclose(results[t.name], expected[t.name], atol=1e-6), (name, t.name)
+
+
+def test_integral_width_map_reproduces_full_width_and_preserves_constants() -> None:
+    assert torch.equal(axis_map(32, 32, "integral"), torch.eye(32))
+    m = axis_map(32, 13, "integral")
+    assert torch.allclose(m.sum(1), torch.ones(13), atol=1e-6)
+    assert torch.equal(axis_map(32, 13, "slice"), torch.eye(32)[:13])
+
+
+def test_anysr_subnet_follows_scale_group(built_models) -> None:
+    assert [width_for_scale(s) for s in (1.1, 1.7, 1.8, 2.5, 2.6, 3.2, 3.3, 4.0, 6.0)] == [
+        0.5,
+        0.5,
+        0.7,
+        0.7,
+        0.9,
+        0.9,
+        1.0,
+        1.0,
+        1.0,
+    ]
+    model = built_models["anysr"]
+    assert model.default_tier((2.0, 2.0)).knob == 0.7
+    assert model.default_tier((12.0, 12.0)).knob == 1.0
+
+
+def test_ssrno_acre_widths_grow_with_epsilon(built_models) -> None:
+    widths = [t.knob for t in built_models["ssrno"].tiers()]
+    assert [w.trunk for w in widths] == sorted(w.trunk for w in widths)
+    assert widths[-1] == built_models["ssrno"].decoder.full_widths()
+
+
+def test_large_scales_and_cell_clamp(built_models, lr_image) -> None:
+    """×30 works and stays memory-bounded through chunking (smoke: one small image)."""
+    model = built_models["clit"]
+    out = model.upscale(lr_image[..., :4, :5], (120, 150), model.tiers()[-1], max_queries=4096)
+    assert out.shape == (1, 3, 120, 150)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CPU/CUDA parity needs a CUDA device")
+def test_cpu_cuda_parity(built_models, lr_image) -> None:  # pragma: no cover - needs a GPU
+    for name, model in built_models.items():
+        cpu = model.upscale(lr_image, (25, 31))
+        gpu = model.to("cuda").upscale(lr_image.cuda(), (25, 31)).cpu()
+        model.to("cpu")
+        assert torch.allclose(cpu, gpu, atol=1e-3), name
