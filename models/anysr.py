@@ -42,8 +42,8 @@ class AnySR(GalerkinSR):
     def __init__(self, **kw: Any) -> None:
         super().__init__(scale_aware=True, **kw)
 
-    def encoder_width(self, knob: float) -> float:
-        return knob
+    def encoder_inner(self, knob: float) -> tuple[int, ...]:
+        return self.encoder.uniform_inner(knob)
 
     def decoder_widths(self, knob: float) -> DecoderWidths:
         heads = self.decoder.heads

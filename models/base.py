@@ -15,6 +15,7 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.utils._pytree import tree_map
 
 from models.implicit import bilinear_at, flat_coords
 from models.tiers import Tier
@@ -133,7 +134,8 @@ class ScalableSR(nn.Module):
             hit = self._memo.get(key)
             if hit is not None and hit[0] == version:
                 return hit[1]
-        value = make()
+        # Detach: a view of a parameter taken under no_grad still claims to require grad.
+        value = tree_map(lambda v: v.detach() if isinstance(v, torch.Tensor) else v, make())
         with self._memo_lock:
             self._memo[key] = (version, value)
         return value

@@ -1,8 +1,10 @@
 """EDSR-baseline feature encoder (no upsampling tail), shared by all four methods.
 
-It can run a *sliced* subnet (AnySR: each ResBlock keeps only the first ⌊64·w⌋ inner channels)
-and, when built with `scale_aware=True`, AnySR's scale-aware channel attention with feature
-interweaving. Width and scale are call arguments, so one instance serves concurrent requests.
+Each ResBlock's inner width (conv1's outputs, conv2's inputs) can be narrowed per call, by
+slicing (AnySR's subnets keep the first ⌊64·w⌋ channels) or by integral resampling (SSRNO);
+the 64-channel trunk stays whole. Built with `scale_aware=True` it adds AnySR's scale-aware
+channel attention with feature interweaving. Widths and scale are call arguments, so one
+instance serves concurrent requests.
 """
 
 from __future__ import annotations
@@ -11,6 +13,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from models.widths import Axis, narrow
+
+BlockWeights = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
 INTERWEAVE_EVERY = 16  # AnySR inserts the scale pair after every 16 pooled channels (λ = 4 at 64)
 
 
@@ -57,14 +62,24 @@ class ResBlock(nn.Module):
         self.conv2 = nn.Conv2d(channels, channels, 3, padding=1)
         self.attention = ScaleAttention(channels) if scale_aware else None
 
-    def forward(self, x: torch.Tensor, inner: int, scale: torch.Tensor | None) -> torch.Tensor:
-        h = F.conv2d(x, self.conv1.weight[:inner], self.conv1.bias[:inner], padding=1)
+    def narrowed(self, inner: int, mode: str) -> BlockWeights:
+        """conv1 weight/bias and conv2 weight at this inner width."""
+        axis = Axis(1, self.conv1.out_channels, inner)
+        return (
+            narrow(self.conv1.weight, axis, None, mode),
+            narrow(self.conv1.bias, axis, None, mode),
+            narrow(self.conv2.weight, None, axis, mode),
+        )
+
+    def forward(self, x: torch.Tensor, weights: BlockWeights, scale: torch.Tensor | None) -> torch.Tensor:
+        w1, b1, w2 = weights
+        h = F.conv2d(x, w1, b1, padding=1)
         if self.attention is not None:
             if scale is None:
                 raise ValueError("a scale-aware encoder needs the scale")
             h = self.attention(h, scale)
         h = F.relu(h)
-        return x + F.conv2d(h, self.conv2.weight[:, :inner], self.conv2.bias, padding=1)
+        return x + F.conv2d(h, w2, self.conv2.bias, padding=1)
 
 
 class EDSREncoder(nn.Module):
@@ -77,39 +92,55 @@ class EDSREncoder(nn.Module):
         self.body = nn.ModuleList(ResBlock(channels, scale_aware) for _ in range(blocks))
         self.tail = nn.Conv2d(channels, channels, 3, padding=1)
 
-    def forward(self, x: torch.Tensor, width: float = 1.0, scale: torch.Tensor | None = None) -> torch.Tensor:
-        inner = inner_channels(self.channels, width)
+    def full_inner(self) -> tuple[int, ...]:
+        return (self.channels,) * len(self.body)
+
+    def uniform_inner(self, width: float) -> tuple[int, ...]:
+        """Inner widths of AnySR's subnet `width` (the same ⌊64·w⌋ in every block)."""
+        return (inner_channels(self.channels, width),) * len(self.body)
+
+    def narrowed(self, inner: tuple[int, ...] | None = None, mode: str = "slice") -> list[BlockWeights]:
+        """Every ResBlock's weights at these inner widths (cache them for repeated inference)."""
+        return [
+            block.narrowed(n, mode) for block, n in zip(self.body, inner or self.full_inner(), strict=True)
+        ]
+
+    def forward(
+        self, x: torch.Tensor, weights: list[BlockWeights] | None = None, scale: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Features at LR size; `weights` from `narrowed` (default: the full network)."""
+        weights = weights or self.narrowed()
         h = self.head(x)
         body = h
-        for block in self.body:
-            body = block(body, inner, scale)
+        for block, w in zip(self.body, weights, strict=True):
+            body = block(body, w, scale)
         return h + self.tail(body)
 
-    def params_used(self, width: float = 1.0) -> int:
-        c, inner = self.channels, inner_channels(self.channels, width)
-        conv = 9 * c * inner + inner  # conv1 sliced outputs
-        conv += 9 * inner * c + c  # conv2 sliced inputs
-        per_block = conv
-        block0 = self.body[0]
-        if block0.attention is not None:
-            pairs = inner // INTERWEAVE_EVERY
-            hidden = block0.attention.fc1.out_features
-            per_block += (inner + 2 * pairs) * hidden + hidden + hidden * inner + inner
-        head = 3 * c * 9 + c
-        tail = c * c * 9 + c
-        return head + tail + per_block * len(self.body)
-
-    def macs_per_pixel(self, width: float = 1.0) -> int:
-        """Convolution MACs per LR pixel (the per-image attention MLP is added by `macs_fixed`)."""
-        c, inner = self.channels, inner_channels(self.channels, width)
-        return 9 * 3 * c + 9 * c * c + len(self.body) * 2 * 9 * c * inner
-
-    def macs_fixed(self, width: float = 1.0) -> int:
-        """MACs that do not scale with pixels (the scale-attention MLPs, once per image)."""
-        block0 = self.body[0]
-        if block0.attention is None:
+    def _attention_params(self, n: int) -> int:
+        att = self.body[0].attention
+        if att is None:
             return 0
-        inner = inner_channels(self.channels, width)
-        pairs = inner // INTERWEAVE_EVERY
-        hidden = block0.attention.fc1.out_features
-        return len(self.body) * ((inner + 2 * pairs) * hidden + hidden * inner)
+        pairs, hidden = n // INTERWEAVE_EVERY, att.fc1.out_features
+        return (n + 2 * pairs) * hidden + hidden + hidden * n + n
+
+    def params_used(self, inner: tuple[int, ...] | None = None) -> int:
+        c = self.channels
+        total = (3 * c * 9 + c) + (c * c * 9 + c)  # head and tail convs
+        for n in inner or self.full_inner():
+            total += 9 * c * n + n + 9 * n * c + c + self._attention_params(n)
+        return total
+
+    def macs_per_pixel(self, inner: tuple[int, ...] | None = None) -> int:
+        """Convolution MACs per LR pixel (the per-image attention MLPs are in `macs_fixed`)."""
+        c = self.channels
+        return 9 * 3 * c + 9 * c * c + sum(2 * 9 * c * n for n in inner or self.full_inner())
+
+    def macs_fixed(self, inner: tuple[int, ...] | None = None) -> int:
+        """MACs that do not scale with pixels (the scale-attention MLPs, once per image)."""
+        att = self.body[0].attention
+        if att is None:
+            return 0
+        hidden = att.fc1.out_features
+        return sum(
+            (n + 2 * (n // INTERWEAVE_EVERY)) * hidden + hidden * n for n in inner or self.full_inner()
+        )

@@ -188,8 +188,9 @@ class GalerkinSR(ScalableSR):
         self.encoder = EDSREncoder(scale_aware=scale_aware)
         self.decoder = GalerkinDecoder(feat_dim=self.encoder.channels, width=width, heads=heads)
 
-    def encoder_width(self, knob: Any) -> float:
-        return 1.0
+    def encoder_inner(self, knob: Any) -> tuple[int, ...]:
+        """Inner width of every encoder ResBlock for this knob (full by default)."""
+        return self.encoder.full_inner()
 
     def decoder_widths(self, knob: Any) -> DecoderWidths:
         return self.decoder.full_widths()
@@ -198,7 +199,9 @@ class GalerkinSR(ScalableSR):
         return None
 
     def encode(self, lr: torch.Tensor, knob: Any, out_size: tuple[int, int]) -> GalerkinState:
-        feat = self.encoder(lr, self.encoder_width(knob), self.encoder_scale(lr, out_size))
+        inner = self.encoder_inner(knob)
+        enc_weights = self.memo(("encoder", inner), lambda: self.encoder.narrowed(inner, self.width_mode))
+        feat = self.encoder(lr, enc_weights, self.encoder_scale(lr, out_size))
         widths = self.decoder_widths(knob)
         weights = self.memo(("decoder", widths), lambda: self.decoder.narrowed(widths, self.width_mode))
         return GalerkinState(feat, weights)
@@ -241,13 +244,13 @@ class GalerkinSR(ScalableSR):
         return out.transpose(1, 2).reshape(b, 3, *size)
 
     def macs_for(self, knob: Any, lr_size: tuple[int, int], out_size: tuple[int, int]) -> int:
-        width = self.encoder_width(knob)
+        inner = self.encoder_inner(knob)
         lr_px, out_px = lr_size[0] * lr_size[1], out_size[0] * out_size[1]
-        enc = self.encoder.macs_per_pixel(width) * lr_px + self.encoder.macs_fixed(width)
+        enc = self.encoder.macs_per_pixel(inner) * lr_px + self.encoder.macs_fixed(inner)
         return enc + self.decoder.macs_per_query(self.decoder_widths(knob)) * out_px
 
     def params_used(self, knob: Any) -> int:
-        return self.encoder.params_used(self.encoder_width(knob)) + self.decoder.params_used(
+        return self.encoder.params_used(self.encoder_inner(knob)) + self.decoder.params_used(
             self.decoder_widths(knob)
         )
 

@@ -1,14 +1,16 @@
-"""SSRNO: SRNO whose decoder widths are continuous (Integral Neural Network style), sized by ACRE.
+"""SSRNO: SRNO with continuous widths (Integral Neural Network style), sized per layer by ACRE.
 
 One set of full-width weights; a tier is a per-layer width choice read off those weights by cubic
-resampling along the channel axes (`widths.narrow`, mode "integral"). ACRE picks the widths: for
-each width group the smallest rank whose singular values hold a fraction ε of the energy of every
-matrix in the group. The knob is ε: lower ε, narrower layers, fewer MACs.
+resampling along the channel axes (`widths.narrow`, mode "integral"): the inner width of every
+encoder ResBlock and every decoder group. ACRE picks the widths: for each group the smallest
+rank whose singular values hold a fraction ε of the energy of every matrix in the group. The
+knob is the pair (ε_encoder, ε_decoder), as in the paper's named tiers: lower ε, fewer MACs.
 """
 
 from __future__ import annotations
 
 import random
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -17,7 +19,16 @@ from models.galerkin import DecoderWidths, GalerkinDecoder, GalerkinSR
 from models.registry import register
 from models.tiers import Tier
 
-WIDTH_STEP = 16  # every group's width is a multiple of this (heads = 16 for attention)
+WIDTH_STEP = 16  # every decoder group's width is a multiple of this (heads = 16 for attention)
+ENCODER_STEP = 8  # encoder ResBlock inner widths are multiples of this
+
+
+@dataclass(frozen=True)
+class SSRNOWidths:
+    """The SSRNO knob once resolved: inner width per encoder block and the decoder's group widths."""
+
+    encoder: tuple[int, ...]
+    decoder: DecoderWidths
 
 
 def energy_rank(matrix: torch.Tensor, eps: float) -> float:
@@ -30,11 +41,23 @@ def energy_rank(matrix: torch.Tensor, eps: float) -> float:
     return min(1.0, k / min(matrix.shape))
 
 
-def round_width(full: int, rate: float, min_rate: float) -> int:
-    """rate·full rounded up to the width step, within [min_rate·full, full]."""
+def round_width(full: int, rate: float, min_rate: float, step: int = WIDTH_STEP) -> int:
+    """rate·full rounded up to `step`, within [min_rate·full, full]."""
     rate = max(rate, min_rate)
-    steps = -(-round(rate * full * 1e6) // (WIDTH_STEP * 10**6))
-    return int(min(full, max(WIDTH_STEP, steps * WIDTH_STEP)))
+    steps = -(-round(rate * full * 1e6) // (step * 10**6))
+    return int(min(full, max(step, steps * step)))
+
+
+def encoder_widths(encoder, eps: float, min_rate: float) -> tuple[int, ...]:
+    """Per-ResBlock inner widths: the energy rank over every kernel tap of conv1 and conv2."""
+    widths = []
+    for block in encoder.body:
+        rates = []
+        for conv in (block.conv1, block.conv2):
+            w = conv.weight
+            rates += [energy_rank(w[:, :, i, j], eps) for i in range(w.shape[2]) for j in range(w.shape[3])]
+        widths.append(round_width(encoder.channels, min(rates), min_rate, ENCODER_STEP))
+    return tuple(widths)
 
 
 def acre_widths(dec: GalerkinDecoder, eps: float, min_rate: float) -> DecoderWidths:
@@ -58,43 +81,53 @@ class SSRNO(GalerkinSR):
     """EDSR-baseline + integral Galerkin decoder; tiers are ACRE thresholds ε."""
 
     width_mode = "integral"
-    TIER_EPS = (("XS", 0.6), ("S", 0.8), ("M", 0.9), ("L", 0.97), ("X", 1.0))
+    # (name, ε_encoder, ε_decoder), cheapest first; ε = 1 keeps every channel.
+    TIER_EPS = (("XS", 0.8, 0.6), ("S", 0.9, 0.8), ("M", 0.95, 0.9), ("L", 0.99, 0.97), ("X", 1.0, 1.0))
 
     def __init__(self, min_rate: float = 0.25, **kw: Any) -> None:
         super().__init__(**kw)
         self.min_rate = min_rate
 
-    def decoder_widths(self, knob: DecoderWidths) -> DecoderWidths:
-        return knob
+    def encoder_inner(self, knob: SSRNOWidths) -> tuple[int, ...]:
+        return knob.encoder
+
+    def decoder_widths(self, knob: SSRNOWidths) -> DecoderWidths:
+        return knob.decoder
 
     def tiers(self) -> list[Tier]:
         return self.memo("tiers", self._make_tiers, differentiable=False)
 
     def _make_tiers(self) -> list[Tier]:
         tiers = []
-        for index, (name, eps) in enumerate(self.TIER_EPS):
+        for index, (name, eps_enc, eps_dec) in enumerate(self.TIER_EPS):
             with torch.no_grad():
-                widths = acre_widths(self.decoder, eps, self.min_rate)
+                dec = acre_widths(self.decoder, eps_dec, self.min_rate)
+                widths = SSRNOWidths(encoder_widths(self.encoder, eps_enc, self.min_rate), dec)
             label = (
-                f"eps={eps:g} trunk={widths.trunk} attn={'/'.join(map(str, widths.attn))} "
-                f"ffn={'/'.join(map(str, widths.ffn))}"
+                f"eps={eps_enc:g}/{eps_dec:g} encoder={sum(widths.encoder)} trunk={dec.trunk} "
+                f"attn={'/'.join(map(str, dec.attn))} ffn={'/'.join(map(str, dec.ffn))}"
             )
             tiers.append(Tier(name, index, widths, label, self.params_used(widths)))
         return tiers
 
-    def sample_training_knob(self, scale: float, rng: random.Random) -> DecoderWidths:
+    def sample_training_knob(self, scale: float, rng: random.Random) -> SSRNOWidths:
         """Random widths for every group (full width a quarter of the time) — INN-style training."""
         full = self.decoder.full_widths()
         if rng.random() < 0.25:
-            return full
+            return SSRNOWidths(self.encoder.full_inner(), full)
 
         def pick(n: int) -> int:
             low = round_width(n, self.min_rate, self.min_rate)
             return rng.randrange(low, n + 1, WIDTH_STEP)
 
+        c = self.encoder.channels
+        low = round_width(c, self.min_rate, self.min_rate, ENCODER_STEP)
         blocks = self.decoder.blocks
-        return DecoderWidths(
-            trunk=pick(full.trunk),
-            attn=tuple(pick(full.trunk) for _ in range(blocks)),
-            ffn=tuple(pick(self.decoder.ffn_width) for _ in range(blocks)),
+        return SSRNOWidths(
+            encoder=tuple(rng.randrange(low, c + 1, ENCODER_STEP) for _ in self.encoder.body),
+            decoder=DecoderWidths(
+                trunk=pick(full.trunk),
+                attn=tuple(pick(full.trunk) for _ in range(blocks)),
+                ffn=tuple(pick(self.decoder.ffn_width) for _ in range(blocks)),
+            ),
         )

@@ -68,12 +68,31 @@ class Axis:
         return self.size / self.n if mode == "integral" else 1.0
 
 
+def _slice_axis(w: torch.Tensor, axis: Axis, dim: int) -> torch.Tensor:
+    shape = w.shape
+    grouped = w.reshape(*shape[:dim], axis.groups, axis.size, *shape[dim + 1 :])
+    kept = grouped.narrow(dim + 1, 0, axis.n)
+    return kept.reshape(*shape[:dim], axis.groups * axis.n, *shape[dim + 1 :])
+
+
+def _map_axis(w: torch.Tensor, axis: Axis, dim: int, mode: str) -> torch.Tensor:
+    if mode == "slice":
+        return _slice_axis(w, axis, dim)
+    moved = w.movedim(dim, -1)
+    mapped = moved @ axis.matrix(mode, w.device).T
+    return mapped.movedim(-1, dim)
+
+
 def narrow(weight: torch.Tensor, out_axis: Axis | None, in_axis: Axis | None, mode: str) -> torch.Tensor:
-    """The (out', in') weight of the narrowed linear layer (or a 1-D parameter when in_axis is None)."""
+    """The weight of the narrowed layer: dim 0 read off `out_axis`, dim 1 off `in_axis`.
+
+    Works for linear (out, in), convolution (out, in, k, k) and 1-D parameters (in_axis None).
+    """
+    if mode not in MODES:
+        raise ValueError(f"unknown width mode {mode!r}")
     w = weight
     if out_axis is not None and out_axis.n != out_axis.size:
-        w = out_axis.matrix(mode, w.device) @ w.reshape(w.shape[0], -1)
-        w = w.reshape(-1, *weight.shape[1:])
+        w = _map_axis(w, out_axis, 0, mode)
     if in_axis is not None and in_axis.n != in_axis.size:
-        w = (w @ in_axis.matrix(mode, w.device).T) * in_axis.quadrature(mode)
+        w = _map_axis(w, in_axis, 1, mode) * in_axis.quadrature(mode)
     return w

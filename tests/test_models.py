@@ -174,8 +174,10 @@ def test_anysr_subnet_follows_scale_group(built_models) -> None:
 
 def test_ssrno_acre_widths_grow_with_epsilon(built_models) -> None:
     widths = [t.knob for t in built_models["ssrno"].tiers()]
-    assert [w.trunk for w in widths] == sorted(w.trunk for w in widths)
-    assert widths[-1] == built_models["ssrno"].decoder.full_widths()
+    assert [w.decoder.trunk for w in widths] == sorted(w.decoder.trunk for w in widths)
+    assert [sum(w.encoder) for w in widths] == sorted(sum(w.encoder) for w in widths)
+    assert widths[-1].decoder == built_models["ssrno"].decoder.full_widths()
+    assert widths[-1].encoder == built_models["ssrno"].encoder.full_inner()
 
 
 def test_large_scales_and_cell_clamp(built_models, lr_image) -> None:

@@ -1,0 +1,141 @@
+"""`python -m models.bench`: cost of every tier of every method, measured side by side in one run.
+
+For each method and tier: parameters used, MACs per output pixel at each scale, CPU latency of a
+128×128 LR input (median over repeats, the configurations interleaved round-robin so that
+machine noise hits all of them alike), and the achieved GFLOP/s of the whole model and of the
+decoder alone, against a plain float32 matmul timed in the same run. Prints a table, writes JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import time
+from pathlib import Path
+
+import torch
+
+from models import registry
+
+
+def matmul_gflops(n: int = 1024, repeats: int = 20) -> float:
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    a @ b
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        a @ b
+        times.append(time.perf_counter() - t0)
+    return 2 * n**3 / statistics.median(times) / 1e9
+
+
+@torch.no_grad()
+def time_call(fn) -> float:
+    t0 = time.perf_counter()
+    fn()
+    return time.perf_counter() - t0
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--methods", default=",".join(registry.available()))
+    ap.add_argument("--scales", default="2,3,4")
+    ap.add_argument("--size", type=int, default=128, help="side of the square LR input")
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument(
+        "--checkpoints", action="store_true", help="use shipped checkpoints, not untrained"
+    )
+    ap.add_argument("--json", default="runs/bench.json")
+    args = ap.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    scales = [float(s) for s in args.scales.split(",")]
+    side = args.size
+    lr = torch.rand(1, 3, side, side)
+    models = {
+        name: (registry.load(name) if args.checkpoints else registry.build(name).eval())
+        for name in args.methods.split(",")
+    }
+    configs = [(name, tier, s) for name, m in models.items() for tier in m.tiers() for s in scales]
+    totals: dict[tuple, list[float]] = {(*c[:1], c[1].name, c[2]): [] for c in configs}
+    encodes: dict[tuple, list[float]] = {k: [] for k in totals}
+    peaks = [matmul_gflops()]
+    for rep in range(args.repeats + 1):  # the first round is a warm-up
+        for name, tier, s in configs:
+            m, out = models[name], (round(side * s), round(side * s))
+            x = (lr - 0.5) / 0.5
+            enc = time_call(lambda m=m, x=x, tier=tier, out=out: m.encode(x, tier.knob, out))
+            total = time_call(lambda m=m, tier=tier, out=out: m.upscale(lr, out, tier))
+            if rep:
+                totals[(name, tier.name, s)].append(total)
+                encodes[(name, tier.name, s)].append(enc)
+        peaks.append(matmul_gflops())
+    peak = statistics.median(peaks)
+
+    rows = []
+    for name, tier, s in configs:
+        m, out = models[name], (round(side * s), round(side * s))
+        key = (name, tier.name, s)
+        total, enc = statistics.median(totals[key]), statistics.median(encodes[key])
+        macs = m.macs(tier, (side, side), out)
+        enc_macs = m.macs(tier, (side, side), (0, 0))
+        dec_time = max(total - enc, 1e-9)
+        rows.append(
+            {
+                "method": name,
+                "tier": tier.name,
+                "knob": tier.knob_label,
+                "scale": s,
+                "params": tier.params,
+                "macs": macs,
+                "macs_per_output_pixel": macs / (out[0] * out[1]),
+                "latency_ms": total * 1000,
+                "encode_ms": enc * 1000,
+                "gflops": 2 * macs / total / 1e9,
+                "decoder_gflops": 2 * (macs - enc_macs) / dec_time / 1e9,
+            }
+        )
+    for r in rows:
+        r["decoder_fraction_of_matmul"] = r["decoder_gflops"] / peak
+    summary = {}
+    for name, m in models.items():
+        for s in scales:
+            lat = {r["tier"]: r["latency_ms"] for r in rows if r["method"] == name and r["scale"] == s}
+            tiers = [t.name for t in m.tiers()]
+            summary[f"{name} x{s:g}"] = lat[tiers[0]] / lat[tiers[-1]]
+
+    print(f"matmul peak (fp32, 1024³, {torch.get_num_threads()} threads): {peak:.1f} GFLOP/s")
+    print(
+        f"{'method':7s} {'tier':8s} {'scale':>5s} {'params':>9s} {'MAC/px':>9s} {'ms':>9s} "
+        f"{'GFLOP/s':>8s} {'dec GF/s':>8s} {'dec/peak':>8s}"
+    )
+    for r in rows:
+        print(
+            f"{r['method']:7s} {r['tier']:8s} {r['scale']:5g} {r['params']:9d} "
+            f"{r['macs_per_output_pixel'] / 1e3:8.0f}k {r['latency_ms']:9.1f} {r['gflops']:8.1f} "
+            f"{r['decoder_gflops']:8.1f} {r['decoder_fraction_of_matmul']:8.2f}"
+        )
+    print("cheapest / richest latency:", ", ".join(f"{k} {v:.2f}" for k, v in summary.items()))
+    result = {
+        "machine": platform.machine(),
+        "processor": platform.processor(),
+        "threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "lr_size": side,
+        "repeats": args.repeats,
+        "matmul_peak_gflops": peak,
+        "rows": rows,
+        "cheapest_over_richest_latency": summary,
+        "date": time.strftime("%Y-%m-%d"),
+    }
+    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.json).write_text(json.dumps(result, indent=1) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
