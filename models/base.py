@@ -108,8 +108,18 @@ class ScalableSR(nn.Module):
 
     # ---- cost ----------------------------------------------------------------------------------
     @abstractmethod
-    def macs(self, tier: str | Tier, lr_size: tuple[int, int], out_size: tuple[int, int]) -> int:
-        """Multiply-accumulates of convolutions and matrix products for one image at this tier."""
+    def macs(
+        self,
+        tier: str | Tier,
+        lr_size: tuple[int, int],
+        out_size: tuple[int, int],
+        max_queries: int = DEFAULT_MAX_QUERIES,
+    ) -> int:
+        """Multiply-accumulates of convolutions and matrix products of `upscale` for one image.
+
+        `max_queries` is the chunk size `upscale` runs with: where chunking recomputes work
+        (SRNO's exact multi-pass attention, CLIT's band halos) the count includes it.
+        """
 
     @abstractmethod
     def params_used(self, knob: Any) -> int:

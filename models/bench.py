@@ -45,9 +45,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--size", type=int, default=128, help="side of the square LR input")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--threads", type=int, default=None)
-    ap.add_argument(
-        "--checkpoints", action="store_true", help="use shipped checkpoints, not untrained"
-    )
+    ap.add_argument("--checkpoints", action="store_true", help="use shipped checkpoints, not untrained")
     ap.add_argument("--json", default="runs/bench.json")
     args = ap.parse_args(argv)
     if args.threads:

@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from models.base import ScalableSR
+from models.base import DEFAULT_MAX_QUERIES, ScalableSR
 from models.encoder import EDSREncoder
 from models.implicit import nearest_index, pixel_centres, relative_cell
 from models.mlp import MLP
@@ -169,16 +169,29 @@ class CLIT(ScalableSR):
             out = res if out is None else STAGE_DECAY * out + res
         return out
 
-    def render(self, lr, size, knob, chunk):
-        # Whole rows per chunk keep each stage's band narrow.
-        return super().render(lr, size, knob, min(chunk, max(MAX_CHUNK, size[1])))
+    @staticmethod
+    def chunk_size(max_queries: int, out_size: tuple[int, int]) -> int:
+        """Queries per chunk: capped for CLIT's wide gathers, but never less than one output row."""
+        return min(max_queries, max(MAX_CHUNK, out_size[1]))
 
-    def macs(self, tier, lr_size, out_size) -> int:
+    def render(self, lr, size, knob, chunk):
+        return super().render(lr, size, knob, self.chunk_size(chunk, size))
+
+    def macs(self, tier, lr_size, out_size, max_queries: int = DEFAULT_MAX_QUERIES) -> int:
+        """Exact count, including the halo rows that neighbouring chunks' bands both compute."""
         n = int(self.tier(tier).knob)
         lr_px, out_px = lr_size[0] * lr_size[1], out_size[0] * out_size[1]
         total = (self.encoder.macs_per_pixel() + 9 * self.proj.in_channels * self.proj.out_channels) * lr_px
+        chunk = self.chunk_size(max_queries, out_size)
+        centres = pixel_centres(out_size[0])
         for stage, grid in zip(self.stages, stage_grids(lr_size, out_size, n), strict=False):
-            total += stage.macs(grid[0] * grid[1], out_px)
+            band_rows = 0
+            for start in range(0, out_px, chunk):
+                first, last = start // out_size[1], (min(out_px, start + chunk) - 1) // out_size[1]
+                lo = int(nearest_index(centres[first], grid[0])) - stage.radius - 1
+                hi = int(nearest_index(centres[last], grid[0])) + stage.radius + 2
+                band_rows += min(hi, grid[0]) - max(lo, 0)
+            total += stage.macs(band_rows * grid[1], out_px)
         return total
 
     def params_used(self, knob: Any) -> int:

@@ -20,10 +20,10 @@ from models.images import list_images, open_rgb, to_image, to_tensor
 from models.quality import bicubic_lr, crop_for_scale, psnr_y
 
 
-def load_for_eval(method: str, weights: str | None, device: torch.device):
+def load_for_eval(method: str, weights: str | None, device: torch.device, checkpoint_dir: str | None = None):
     """The shipped checkpoint, or a model built fresh and loaded from a training run's weights."""
     if weights is None:
-        return registry.load(method, device=device)
+        return registry.load(method, device=device, checkpoint_dir=checkpoint_dir)
     model = registry.build(method)
     model.load_state_dict({k: v.float() for k, v in load_file(weights).items()})
     return model.to(device).eval()
@@ -92,13 +92,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument(
         "--weights", default=None, help="a training run's model.safetensors instead of the shipped one"
     )
+    ap.add_argument("--checkpoint-dir", default=None, help="where shipped checkpoints live")
     ap.add_argument("--device", default=None)
     ap.add_argument("--threads", type=int, default=None)
     args = ap.parse_args(argv)
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     if args.threads:
         torch.set_num_threads(args.threads)
-    model = load_for_eval(args.method, args.weights, device)
+    model = load_for_eval(args.method, args.weights, device, args.checkpoint_dir)
     tiers = model.tiers() if args.tiers == "all" else [model.tier(t) for t in args.tiers.split(",")]
     scales = [float(s) for s in args.scales.split(",")]
     records = evaluate(model, args.data, scales, tiers, args.limit, device)

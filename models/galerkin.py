@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from models.base import ScalableSR
+from models.base import DEFAULT_MAX_QUERIES, ScalableSR
 from models.encoder import EDSREncoder
 from models.implicit import bilinear_at, flat_coords, four_neighbours, gather_pixels, relative_cell
 from models.widths import Axis, narrow
@@ -152,13 +152,20 @@ class GalerkinDecoder(nn.Module):
         return self.head(p, x)
 
     # ---- cost ----------------------------------------------------------------------------------
-    def macs_per_query(self, widths: DecoderWidths) -> int:
-        d, dh_h = widths.trunk, self.heads
-        total = self.lift.in_features * d + d * self.fc1.out_features + self.fc1.out_features * 3
+    def macs_per_query(self, widths: DecoderWidths, multipass: bool = False) -> int:
+        """MACs per output pixel; `multipass` adds what chunked rendering recomputes."""
+        d, heads = widths.trunk, self.heads
+        lift = self.lift.in_features * d
+        head = d * self.fc1.out_features + self.fc1.out_features * 3
+        kv, q = [], []
         for i in range(self.blocks):
             a, f = widths.attn[i], widths.ffn[i]
-            dh = a // dh_h
-            total += d * 3 * a + 2 * dh_h * dh * dh + a * d + 2 * d * f
+            attention = heads * (a // heads) ** 2
+            kv.append(d * 2 * a + attention)
+            q.append(d * a + attention + a * d + 2 * d * f)
+        total = lift + sum(kv) + sum(q) + head
+        if multipass:  # pass i re-lifts and re-runs blocks < i before accumulating block i's kᵀv
+            total += self.blocks * lift + sum(sum(q[:i]) for i in range(self.blocks))
         return total
 
     def params_used(self, widths: DecoderWidths) -> int:
@@ -243,16 +250,17 @@ class GalerkinSR(ScalableSR):
             out[:, start:stop] = dec.head(p, x) + bilinear_at(lr, coord)
         return out.transpose(1, 2).reshape(b, 3, *size)
 
-    def macs_for(self, knob: Any, lr_size: tuple[int, int], out_size: tuple[int, int]) -> int:
+    def macs_for(self, knob: Any, lr_size, out_size, max_queries: int = DEFAULT_MAX_QUERIES) -> int:
         inner = self.encoder_inner(knob)
         lr_px, out_px = lr_size[0] * lr_size[1], out_size[0] * out_size[1]
         enc = self.encoder.macs_per_pixel(inner) * lr_px + self.encoder.macs_fixed(inner)
-        return enc + self.decoder.macs_per_query(self.decoder_widths(knob)) * out_px
+        multipass = out_px > max_queries
+        return enc + self.decoder.macs_per_query(self.decoder_widths(knob), multipass) * out_px
 
     def params_used(self, knob: Any) -> int:
         return self.encoder.params_used(self.encoder_inner(knob)) + self.decoder.params_used(
             self.decoder_widths(knob)
         )
 
-    def macs(self, tier, lr_size, out_size) -> int:
-        return self.macs_for(self.tier(tier).knob, lr_size, out_size)
+    def macs(self, tier, lr_size, out_size, max_queries: int = DEFAULT_MAX_QUERIES) -> int:
+        return self.macs_for(self.tier(tier).knob, lr_size, out_size, max_queries)

@@ -173,7 +173,7 @@ class MoEISR(ScalableSR):
         mapper = sum(m.in_channels * m.out_channels * 9 for m in self.mapper if isinstance(m, nn.Conv2d))
         return enc + mapper
 
-    def macs(self, tier, lr_size, out_size) -> int:
+    def macs(self, tier, lr_size, out_size, max_queries: int = 0) -> int:
         """Upper bound at this tier: the budget caps the mean expert cost per (pixel, neighbour)."""
         budget = min(1.0, float(self.tier(tier).knob))
         heavy = max(e.macs_per_query for e in self.experts)

@@ -13,6 +13,7 @@ import argparse
 import json
 import math
 import random
+import signal
 import sys
 import time
 from dataclasses import asdict, dataclass
@@ -54,7 +55,8 @@ def learning_rate(cfg: Config, step: int, fresh_steps: int) -> float:
     """Cosine over the planned steps, with a warm-up after every fresh optimiser."""
     progress = min(1.0, step / cfg.total_steps)
     cosine = 0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * progress))
-    return cfg.lr * cosine * min(1.0, (fresh_steps + 1) / cfg.warmup_steps)
+    warmup = max(1, min(cfg.warmup_steps, cfg.total_steps // 10))
+    return cfg.lr * cosine * min(1.0, (fresh_steps + 1) / warmup)
 
 
 def load_images(folders: list[str], device: torch.device) -> list[torch.Tensor]:
@@ -185,7 +187,9 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{args.method}: {n_params} params, {len(images)} images, device {device}, config {asdict(cfg)}")
     bar = tqdm(total=cfg.total_steps, initial=step, disable=None, desc=args.method, file=sys.stdout)
     running, count = 0.0, 0
-    while True:
+    stop_requested: list[int] = []
+    signal.signal(signal.SIGTERM, lambda signum, frame: stop_requested.append(signum))
+    while not stop_requested:
         if step >= cfg.total_steps:
             break
         if args.minutes is not None and time.time() - start >= args.minutes * 60:

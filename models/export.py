@@ -1,0 +1,130 @@
+"""`python -m models.export`: ship a training run as a checkpoint, and fold measurements into its manifest.
+
+    python -m models.export --method ssrno --run runs/ssrno          # weights + manifest skeleton
+    python -m models.export --method ssrno --eval eval.json --bench runs/bench.json   # add numbers
+
+The weights are written first so that evaluation measures exactly the file that ships; the
+measurements are then merged into the manifest (the weights' hash does not change).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import load_file
+
+from models import registry
+from models.checkpoint import CHECKPOINT_DIR, export_weights, read_manifest, write_manifest
+
+COST_SCALES = (2.0, 3.0, 4.0)
+COST_LR_SIDE = 128
+
+
+def _key(scale: float) -> str:
+    return f"{scale:g}"
+
+
+def run_metadata(run: Path) -> dict[str, Any]:
+    with safe_open(str(run / "model.safetensors"), "pt") as f:
+        return json.loads((f.metadata() or {}).get("train", "{}"))
+
+
+def training_record(run: Path) -> dict[str, Any]:
+    """How the run was trained, following its --init chain back to the shared trunk."""
+    meta = run_metadata(run)
+    record = {
+        "steps": meta.get("step"),
+        "minutes": round(meta.get("elapsed_s", 0) / 60, 1),
+        "hardware": meta.get("device"),
+        "data": meta.get("data"),
+        "images": meta.get("images"),
+        "config": meta.get("config"),
+        "richest_tier_only": meta.get("richest_only", False),
+    }
+    if meta.get("init"):
+        record["initialised_from"] = training_record(Path(meta["init"]).parent)
+    return record
+
+
+def export_run(method: str, run: Path, out: Path) -> dict[str, Any]:
+    model = registry.build(method)
+    model.load_state_dict({k: v.float() for k, v in load_file(str(run / "model.safetensors")).items()})
+    model.eval()
+    file = f"{method}.safetensors"
+    sha = export_weights(model, out / file)
+    manifest = {
+        "method": method,
+        "file": file,
+        "sha256": sha,
+        "dtype": "float16",
+        "config": {},
+        "parameters": sum(p.numel() for p in model.parameters()),
+        "training": training_record(run) | {"host": f"{platform.machine()} {platform.processor()}".strip()},
+        "bicubic_psnr_y": {},
+        "tiers": [],
+    }
+    for tier in model.tiers():
+        manifest["tiers"].append(
+            {
+                **tier.as_dict(),
+                "macs_per_output_pixel": {
+                    _key(s): round(model.macs_per_output_pixel(tier, s, COST_LR_SIDE)) for s in COST_SCALES
+                },
+                "cpu_latency_ms": {},
+                "psnr_y": {},
+            }
+        )
+    return manifest
+
+
+def merge_eval(manifest: dict[str, Any], records: list[dict[str, Any]]) -> None:
+    tiers = {t["name"]: t for t in manifest["tiers"]}
+    for r in records:
+        if r["method"] != manifest["method"] or r["tier"] not in tiers:
+            continue
+        scale = _key(r["scale"])
+        tiers[r["tier"]]["psnr_y"].setdefault(r["dataset"], {})[scale] = r["psnr_y"]
+        tiers[r["tier"]].setdefault("eval_images", {}).setdefault(r["dataset"], {})[scale] = r["images"]
+        manifest["bicubic_psnr_y"].setdefault(r["dataset"], {})[scale] = r["bicubic_psnr_y"]
+
+
+def merge_bench(manifest: dict[str, Any], bench: dict[str, Any]) -> None:
+    tiers = {t["name"]: t for t in manifest["tiers"]}
+    for row in bench["rows"]:
+        if row["method"] == manifest["method"] and row["tier"] in tiers:
+            tiers[row["tier"]]["cpu_latency_ms"][_key(row["scale"])] = round(row["latency_ms"], 1)
+    manifest["cpu_latency_measured"] = {
+        "lr_size": bench["lr_size"],
+        "threads": bench["threads"],
+        "date": bench.get("date"),
+        "matmul_peak_gflops": round(bench["matmul_peak_gflops"], 1),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--method", required=True, choices=registry.available())
+    ap.add_argument("--run", default=None, help="training run folder to ship (writes weights + manifest)")
+    ap.add_argument("--eval", nargs="*", default=[], help="models.evaluate JSON files to merge")
+    ap.add_argument("--bench", default=None, help="models.bench JSON to merge (CPU latency)")
+    ap.add_argument("--out", default=str(CHECKPOINT_DIR))
+    args = ap.parse_args(argv)
+    out = Path(args.out)
+    torch.set_grad_enabled(False)
+    manifest = export_run(args.method, Path(args.run), out) if args.run else read_manifest(args.method, out)
+    for path in args.eval:
+        merge_eval(manifest, json.loads(Path(path).read_text()))
+    if args.bench:
+        merge_bench(manifest, json.loads(Path(args.bench).read_text()))
+    print(f"wrote {write_manifest(manifest, out)}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
