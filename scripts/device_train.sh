@@ -1,22 +1,30 @@
 #!/usr/bin/env bash
-# Train all four methods side by side on one lent GPU, resuming from runs/<method> when present,
-# then copy the training state to $OUT (two files per method, each under 16 MiB).
-# Usage (on the device machine, from the repo root): scripts/device_train.sh MINUTES TOTAL_STEPS
+# The training chain on one lent GPU (see scripts/train_cpu.sh for the same chain on a CPU).
+#   scripts/device_train.sh trunk   MINUTES STEPS   # shared SRNO trunk (SSRNO at full width)
+#   scripts/device_train.sh methods MINUTES STEPS   # the four methods side by side, from the trunk
+# Every run resumes from runs/<name> when present; at the end the state is copied to $OUT
+# (two files per run, each under 16 MiB) so the next call, or this machine, can continue.
 set -u
-minutes=${1:-8}
-steps=${2:-20000}
+phase=${1:?trunk or methods}
+minutes=${2:-8}
+steps=${3:-20000}
 export PYTHONUNBUFFERED=1 PYTHONPATH=$PWD OMP_NUM_THREADS=4
 nvidia-smi --query-gpu=name,memory.total,utilization.gpu --format=csv,noheader
 python3 -c "import torch, PIL, safetensors, tqdm; print('torch', torch.__version__, 'cuda', torch.cuda.is_available())"
 mkdir -p runs
-for m in ssrno anysr moeisr clit; do
-    python3 -m models.train --method "$m" --data data/train --resume --minutes "$minutes" \
-        --steps "$steps" --save-every 2 --log-every 1000 > "runs/$m.log" 2>&1 &
-done
-wait
-for m in ssrno anysr moeisr clit; do
-    grep -v "^$m step" "runs/$m.log" | tail -n 4
-    grep "^$m step" "runs/$m.log" | tail -n 2
+common=(--data data/train --resume --minutes "$minutes" --steps "$steps" --save-every 2 --log-every 1000)
+if [ "$phase" = trunk ]; then
+    names=(srno)
+    python3 -m models.train --method ssrno --richest-only --out runs/srno "${common[@]}" > runs/srno.log 2>&1
+else
+    names=(ssrno anysr moeisr clit)
+    for m in "${names[@]}"; do
+        python3 -m models.train --method "$m" --init runs/srno/model.safetensors --out "runs/$m" \
+            "${common[@]}" > "runs/$m.log" 2>&1 &
+    done
+    wait
+fi
+for m in "${names[@]}"; do
+    tail -n 3 "runs/$m.log"
     if [ -n "${OUT:-}" ]; then mkdir -p "$OUT/$m" && cp "runs/$m/"*.safetensors "$OUT/$m/"; fi
 done
-nvidia-smi --query-gpu=memory.used --format=csv,noheader
