@@ -36,6 +36,9 @@ class ScaleAttention(nn.Module):
             nn.init.kaiming_normal_(fc.weight)
             fc.weight.data.mul_(0.1)
             nn.init.zeros_(fc.bias)
+        # Start as a near-identity gate (sigmoid(4) ≈ 0.98), so that fine-tuning from a trained
+        # plain encoder begins where that encoder was instead of halving every block's branch.
+        nn.init.constant_(self.fc2.bias, 4.0)
 
     def forward(self, x: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
         """x: (B, C', h, w) with C' ≤ C; scale: (B, 2) = (s_h, s_w)."""
