@@ -72,13 +72,15 @@ def synthetic_manifest(name: str, model: ScalableSR, sha256: str) -> dict[str, A
 @functools.cache
 def checkpoint_dir() -> Path:
     """A folder with an untrained checkpoint and manifest for every registered method."""
+    torch.set_num_threads(1)  # see make_settings
     folder = Path(tempfile.mkdtemp(prefix="elasticsr-test-checkpoints-"))
     atexit.register(shutil.rmtree, folder, True)
     for name in registry.available():
         torch.manual_seed(0)
         model = registry.build(name).eval()
         sha = export_weights(model, folder / f"{name}.safetensors")
-        write_manifest(synthetic_manifest(name, model, sha), folder)
+        with torch.no_grad():
+            write_manifest(synthetic_manifest(name, model, sha), folder)
     return folder
 
 
@@ -99,6 +101,9 @@ def make_settings(**overrides: Any) -> Settings:
         "methods": FAST_METHODS,
         "warmup": False,
         "device": "cpu",
+        # One intra-op thread: the test machine's cores are shared, and two spinning OpenMP
+        # threads under contention turn SSRNO's 0.6 s tier set-up (SVDs) into 35 s.
+        "torch_threads": 1,
     }
     values.update(overrides)
     return Settings(**values)
