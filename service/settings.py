@@ -61,7 +61,7 @@ class Settings(BaseSettings):
     # --- limits ---
     max_body_bytes: int = Field(20 * 1024 * 1024, gt=0, description="Largest request body accepted (bytes).")
     max_input_pixels: int = Field(
-        4096 * 4096, gt=0, description="Largest decoded input image (width × height)."
+        2048 * 2048, gt=0, description="Largest decoded input image (width × height)."
     )
     max_output_pixels: int = Field(
         4096 * 4096, gt=0, description="Largest output answered synchronously (width × height)."

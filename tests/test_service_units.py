@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -14,6 +15,7 @@ from service_support import image_bytes
 from service.errors import InvalidParameter, PayloadTooLarge, UndecodableImage, UnsupportedMediaType
 from service.imaging import Encoding, check_media_type, decode, encode, to_tensor
 from service.latency import LatencyModel, prior_from_manifest
+from service.metrics import Metrics
 from service.settings import Policy, Settings
 from service.sizing import ExecutionMode, OutputSize, ScaleRequest, execution_mode, resolve_output
 
@@ -270,3 +272,16 @@ def test_media_types() -> None:
     for bad in (None, "", "text/plain", "image/gif", "application/json"):
         with pytest.raises(UnsupportedMediaType):
             check_media_type(bad)
+
+
+# --- documentation stays in step with the code -------------------------------------------------
+
+
+def test_readme_lists_every_setting_and_metric() -> None:
+    readme = (Path(__file__).parent.parent / "README.md").read_text()
+    for name in Settings.model_fields:
+        assert f"`ELASTICSR_{name.upper()}`" in readme, name
+    for family in Metrics().registry.collect():
+        if family.name.startswith("elasticsr_"):
+            suffix = "_total" if family.type == "counter" else ""
+            assert f"`{family.name}{suffix}`" in readme, family.name
