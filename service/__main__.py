@@ -1,15 +1,20 @@
-"""`python -m service`: run the API with uvicorn on the configured host and port."""
+"""`python -m service`: serve the API with uvicorn on the configured host and port."""
 
-import os
+import logging
 
 import uvicorn
 
+from service.app import create_app
+from service.settings import Settings
+
 
 def main() -> None:
+    settings = Settings()
+    logging.basicConfig(
+        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
     uvicorn.run(
-        "service.app:app",
-        host=os.environ.get("ELASTICSR_HOST", "127.0.0.1"),
-        port=int(os.environ.get("ELASTICSR_PORT", "8000")),
+        create_app(settings), host=settings.host, port=settings.port, log_level=settings.log_level.lower()
     )
 
 

@@ -1,18 +1,56 @@
-"""Assembles the FastAPI application from its routers."""
+"""Assembles the FastAPI application: settings, error mapping, routers and the lifespan.
+
+Nothing here decides anything; `create_app` wires the pieces so tests can build their own apps.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
 
 from fastapi import FastAPI
 
+from service import errors
+from service.api import models, ops, upscale
+from service.metrics import Metrics
+from service.runtime import Loader, Runtime, default_loader
+from service.settings import Settings
 
-def create_app() -> FastAPI:
-    """Build a fresh application (tests build their own instances)."""
-    app = FastAPI(title="ElasticSR", version="0.1.0")
+log = logging.getLogger(__name__)
 
-    @app.get("/healthz", tags=["ops"])
-    def healthz() -> dict[str, str]:
-        """Liveness: the process answers."""
-        return {"status": "ok"}
+DESCRIPTION = """Upscales images to any scale (×1.1 … ×30, non-integer and asymmetric) and picks,
+per request, the method and tier that give the best predicted quality the server can deliver within
+the request's deadline under the current load."""
 
+
+def create_app(settings: Settings | None = None, *, loader: Loader = default_loader) -> FastAPI:
+    """Build a fresh application; models load in the background when it starts serving.
+
+    `loader(name, device, checkpoint_dir)` returns a loaded model; tests pass a caching one.
+    """
+    settings = settings or Settings()
+    metrics = Metrics()
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        runtime = Runtime(settings, metrics, loader)
+        app.state.runtime = runtime
+        tasks = [asyncio.create_task(runtime.start()), asyncio.create_task(runtime.sample_forever())]
+        try:
+            yield
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            runtime.close()
+
+    app = FastAPI(title="ElasticSR", version="0.1.0", description=DESCRIPTION, lifespan=lifespan)
+    app.state.settings = settings
+    app.state.metrics = metrics
+    errors.install(app)
+    app.include_router(upscale.router)
+    app.include_router(models.router)
+    app.include_router(ops.router)
     return app
-
-
-app = create_app()

@@ -1,0 +1,1 @@
+"""HTTP routers, one per resource: `upscale`, `models`, `ops` (health, readiness, metrics)."""

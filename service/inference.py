@@ -1,0 +1,112 @@
+"""Bounded inference off the event loop, with the bookkeeping the controller reads.
+
+A dedicated thread pool of `workers` threads runs the models (torch releases the GIL, so threads
+suffice); an asyncio semaphore of the same size orders the waiting requests (FIFO). Every admitted
+request carries its predicted compute time, so the pool always knows its backlog in seconds.
+A request whose deadline has passed by the time a worker frees up is dropped instead of run:
+answering it late would only make everyone behind it late too.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+import torch
+
+from service.errors import Unavailable
+
+T = TypeVar("T")
+
+
+@dataclass(eq=False)
+class Ticket:
+    """An admitted request's place in line."""
+
+    predicted_seconds: float
+    deadline_at: float  # time.monotonic() by which it should finish
+    admitted_at: float = field(default_factory=time.monotonic)
+    started_at: float | None = None
+    id: int = 0
+
+
+@dataclass(frozen=True)
+class RunResult:
+    value: Any
+    wait_seconds: float
+    compute_seconds: float
+
+
+class InferencePool:
+    """`workers` parallel inference slots with a FIFO line in front of them."""
+
+    def __init__(self, workers: int, torch_threads: int) -> None:
+        self.workers = workers
+        torch.set_num_threads(torch_threads)  # process-wide intra-op pool, shared by the workers
+        self._executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="elasticsr-infer")
+        self._slots: asyncio.Semaphore | None = None  # created on the serving loop
+        self._queued: set[Ticket] = set()
+        self._running: set[Ticket] = set()
+        self._ids = itertools.count(1)
+
+    # --- bookkeeping read by the controller -----------------------------------------------------
+    @property
+    def queued(self) -> int:
+        return len(self._queued)
+
+    @property
+    def running(self) -> int:
+        return len(self._running)
+
+    def backlog_seconds(self, now: float | None = None) -> float:
+        """Predicted compute still owed: all of each queued job, the rest of each running one."""
+        now = time.monotonic() if now is None else now
+        owed = sum(t.predicted_seconds for t in self._queued)
+        for t in self._running:
+            owed += max(0.0, t.predicted_seconds - (now - (t.started_at or now)))
+        return owed
+
+    # --- serving ----------------------------------------------------------------------------------
+    def admit(self, predicted_seconds: float, deadline_at: float) -> Ticket:
+        """Reserve a place in line now (synchronously, right after the decision, so no race)."""
+        ticket = Ticket(predicted_seconds, deadline_at, id=next(self._ids))
+        self._queued.add(ticket)
+        return ticket
+
+    def release(self, ticket: Ticket) -> None:
+        self._queued.discard(ticket)
+        self._running.discard(ticket)
+
+    async def run(self, ticket: Ticket, fn: Callable[[], T]) -> RunResult:
+        """Wait for a worker, then run `fn` on it; raises Unavailable if the deadline passed meanwhile."""
+        if self._slots is None:
+            self._slots = asyncio.Semaphore(self.workers)
+        try:
+            async with self._slots:
+                now = time.monotonic()
+                wait = now - ticket.admitted_at
+                if now >= ticket.deadline_at:
+                    raise Unavailable(
+                        f"the deadline passed after {wait * 1000:.0f} ms in the queue",
+                        code="deadline_expired",
+                        retry_after_s=self.backlog_seconds() / self.workers,
+                    )
+                self._queued.discard(ticket)
+                ticket.started_at = now
+                self._running.add(ticket)
+                value = await asyncio.get_running_loop().run_in_executor(self._executor, fn)
+                return RunResult(value, wait, time.monotonic() - now)
+        finally:
+            self.release(ticket)
+
+    def run_blocking(self, fn: Callable[[], T]) -> T:
+        """Run on a worker thread from outside the event loop (warm-up)."""
+        return self._executor.submit(fn).result()
+
+    def shutdown(self) -> None:
+        self._executor.shutdown(wait=False, cancel_futures=True)

@@ -1,0 +1,99 @@
+"""Per-tier latency model: seconds of compute per GMAC, learned from this machine.
+
+MACs are what a tier costs on paper (`model.macs`); seconds per GMAC is what this machine makes of
+them. The prior comes from the manifest's timing (or a default), warm-up replaces it with a
+measurement, and each served request nudges it (EWMA), so the model follows the hardware and
+thermal state instead of trusting numbers measured elsewhere.
+
+Predicted compute = fixed per-request overhead + GMACs × seconds per GMAC. The overhead (model
+set-up, first chunk, copies) is a setting; without it small requests, where it dominates, would
+teach the model that every GMAC is slow. Observations of tiny requests are not learned from,
+and one observation moves the estimate at most by a factor of 4 (a cold cache or a page fault
+must not make a tier look unusable).
+
+Values are stored *uncontended*: an observation made while other processes loaded the CPU is
+divided by the contention factor of that moment, and predictions multiply it back in.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+from models.manifest import tier_entry
+
+Key = tuple[str, str]  # (method, tier)
+
+# Manifest timings are for a 128×128 input (see models/manifest.py).
+_MANIFEST_LR_SIDE = 128
+# Requests smaller than this measure overhead more than throughput.
+MIN_LEARNING_GMACS = 0.25
+MAX_STEP = 4.0
+
+
+def prior_from_manifest(manifest: dict[str, Any], tier: str) -> float | None:
+    """Seconds per GMAC implied by the manifest's measured CPU latency and MACs, if it has both."""
+    try:
+        entry = tier_entry(manifest, tier)
+    except KeyError:
+        return None
+    latency, macs = entry.get("cpu_latency_ms", {}), entry.get("macs_per_output_pixel", {})
+    for scale in sorted(set(latency) & set(macs), key=float):
+        out_side = round(_MANIFEST_LR_SIDE * float(scale))
+        gmacs = float(macs[scale]) * out_side * out_side / 1e9
+        if gmacs > 0 and float(latency[scale]) > 0:
+            return float(latency[scale]) / 1000.0 / gmacs
+    return None
+
+
+class LatencyModel:
+    """Thread-safe map (method, tier) -> uncontended seconds per GMAC."""
+
+    def __init__(self, alpha: float, default_seconds_per_gmac: float, overhead_seconds: float = 0.0) -> None:
+        self.alpha = alpha
+        self.default = default_seconds_per_gmac
+        self.overhead = overhead_seconds
+        self._values: dict[Key, float] = {}
+        self._calibrated: set[Key] = set()
+        self._lock = threading.Lock()
+
+    def set_prior(self, key: Key, seconds_per_gmac: float | None) -> None:
+        with self._lock:
+            self._values[key] = seconds_per_gmac if seconds_per_gmac else self.default
+
+    def _sample(self, seconds: float, gmacs: float, contention: float) -> float:
+        return max(seconds - self.overhead, 0.1 * seconds) / gmacs / max(contention, 1.0)
+
+    def calibrate(self, key: Key, seconds: float, gmacs: float, contention: float = 1.0) -> None:
+        """Replace the prior with a warm-up measurement."""
+        if gmacs <= 0 or seconds <= 0:
+            return
+        with self._lock:
+            self._values[key] = self._sample(seconds, gmacs, contention)
+            self._calibrated.add(key)
+
+    def observe(self, key: Key, seconds: float, gmacs: float, contention: float = 1.0) -> float:
+        """Fold one served request into the estimate; returns the new value."""
+        if gmacs < MIN_LEARNING_GMACS or seconds <= 0:
+            return self.get(key)
+        with self._lock:
+            old = self._values.get(key, self.default)
+            sample = min(max(self._sample(seconds, gmacs, contention), old / MAX_STEP), old * MAX_STEP)
+            self._values[key] = new = (1.0 - self.alpha) * old + self.alpha * sample
+            return new
+
+    def predict(self, key: Key, gmacs: float, contention: float = 1.0) -> float:
+        """Seconds of compute for `gmacs` of work on this tier at this contention."""
+        return self.overhead + gmacs * self.get(key) * contention
+
+    def get(self, key: Key) -> float:
+        with self._lock:
+            return self._values.get(key, self.default)
+
+    def calibrated(self, key: Key) -> bool:
+        with self._lock:
+            return key in self._calibrated
+
+    def items(self) -> list[tuple[Key, float]]:
+        with self._lock:
+            return sorted(self._values.items())

@@ -1,0 +1,157 @@
+"""Every knob of the service in one pydantic-settings object, read from `ELASTICSR_*` variables.
+
+Read once at start-up and passed down (never imported as a global), so tests can build apps
+with their own settings side by side.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+
+@dataclass(frozen=True)
+class Policy:
+    """How the controller picks a tier: `adaptive`, or always one `static` method and tier."""
+
+    kind: str  # "adaptive" | "static"
+    method: str | None = None
+    tier: str | None = None  # a tier name, or "auto" for the method's default at the request's scale
+
+    @classmethod
+    def parse(cls, text: str) -> Policy:
+        text = text.strip()
+        if text == "adaptive":
+            return cls("adaptive")
+        parts = text.split(":")
+        if len(parts) == 3 and parts[0] == "static" and parts[1] and parts[2]:
+            return cls("static", parts[1], parts[2])
+        raise ValueError(f"policy must be 'adaptive' or 'static:<method>:<tier>', got {text!r}")
+
+    def __str__(self) -> str:
+        return "adaptive" if self.kind == "adaptive" else f"static:{self.method}:{self.tier}"
+
+
+class Settings(BaseSettings):
+    """Service configuration; each field is the environment variable `ELASTICSR_<FIELD>`."""
+
+    model_config = SettingsConfigDict(env_prefix="ELASTICSR_", extra="ignore", frozen=True)
+
+    # --- network and models ---
+    host: str = Field("127.0.0.1", description="Interface uvicorn binds to.")
+    port: int = Field(8000, ge=0, le=65535, description="TCP port uvicorn listens on.")
+    log_level: str = Field("info", description="Python log level of the service.")
+    device: str = Field(
+        "auto", description="Torch device: auto (cuda if available, else cpu), cpu, cuda, cuda:N."
+    )
+    checkpoint_dir: Path | None = Field(
+        None,
+        description="Folder with <method>.json manifests and weights; empty = shipped models/checkpoints/.",
+    )
+    methods: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, description="Comma-separated methods to load; empty = every registered method."
+    )
+    policy: str = Field("adaptive", description="adaptive, or static:<method>:<tier> (tier may be auto).")
+
+    # --- limits ---
+    max_body_bytes: int = Field(20 * 1024 * 1024, gt=0, description="Largest request body accepted (bytes).")
+    max_input_pixels: int = Field(
+        2048 * 2048, gt=0, description="Largest decoded input image (width × height)."
+    )
+    max_output_pixels: int = Field(
+        4096 * 4096, gt=0, description="Largest output answered synchronously (width × height)."
+    )
+    max_scale: float = Field(30.0, gt=1.0, description="Largest scale factor per axis.")
+
+    # --- controller ---
+    default_deadline_ms: float = Field(30000.0, gt=0, description="Deadline of a request that names none.")
+    max_deadline_ms: float = Field(300000.0, gt=0, description="Longest deadline a request may ask for.")
+    hysteresis: float = Field(
+        0.15,
+        ge=0.0,
+        lt=1.0,
+        description="Fraction of the deadline kept free before climbing to a richer tier.",
+    )
+    contention_weight: float = Field(
+        1.0,
+        ge=0.0,
+        description="How much CPU load from other processes slows predicted compute (0 = ignore).",
+    )
+    latency_ewma_alpha: float = Field(
+        0.2, gt=0.0, le=1.0, description="Weight of each observed latency in the per-tier latency model."
+    )
+    overhead_ms: float = Field(
+        50.0, ge=0.0, description="Fixed compute cost of any request in the latency model."
+    )
+    default_seconds_per_gmac: float = Field(
+        0.15, gt=0.0, description="Latency prior per GMAC for a tier with no manifest timing and no warm-up."
+    )
+    max_queue: int = Field(
+        32, ge=0, description="Requests allowed to wait for a worker; more are shed (503)."
+    )
+    memory_limit_bytes: int = Field(
+        0,
+        ge=0,
+        description="Shed when process memory plus the request's estimate exceeds this; 0 = 90% of RAM.",
+    )
+    load_sample_interval_s: float = Field(
+        0.5, gt=0.0, description="How often CPU/GPU/memory load is sampled."
+    )
+
+    # --- inference ---
+    workers: int = Field(0, ge=0, description="Parallel inference workers; 0 = 1 on CPU, 2 on GPU.")
+    torch_threads: int = Field(0, ge=0, description="Torch intra-op threads; 0 = CPU cores / workers.")
+    max_queries: int = Field(65536, gt=0, description="Output pixels decoded per chunk (bounds peak memory).")
+    warmup: bool = Field(True, description="Run every tier once at start-up to calibrate the latency model.")
+    warmup_size: int = Field(16, ge=4, description="Side of the square input used by warm-up (output is 2×).")
+    warmup_runs: int = Field(1, ge=1, description="Timed warm-up runs per tier (after one untimed run).")
+
+    # --- output encoding ---
+    png_compress_level: int = Field(3, ge=0, le=9, description="zlib level of PNG output (speed vs size).")
+    jpeg_quality: int = Field(92, ge=1, le=100, description="Quality of JPEG output.")
+    webp_quality: int = Field(90, ge=1, le=100, description="Quality of lossy WebP output.")
+
+    @field_validator("methods", mode="before")
+    @classmethod
+    def _split_methods(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [m.strip() for m in value.split(",") if m.strip()]
+        return value
+
+    @field_validator("policy")
+    @classmethod
+    def _check_policy(cls, value: str) -> str:
+        return str(Policy.parse(value))
+
+    @field_validator("checkpoint_dir", mode="before")
+    @classmethod
+    def _empty_dir_is_default(cls, value: object) -> object:
+        return None if value == "" else value
+
+    @property
+    def parsed_policy(self) -> Policy:
+        return Policy.parse(self.policy)
+
+    def resolved_device(self) -> str:
+        """The torch device string `auto` stands for on this machine."""
+        if self.device != "auto":
+            return self.device
+        import torch
+
+        return "cuda" if torch.cuda.is_available() else "cpu"
+
+    def resolved_workers(self, device: str) -> int:
+        """One worker on CPU (torch already parallelises inside an op); two on GPU to overlap copies."""
+        if self.workers:
+            return self.workers
+        return 2 if device.startswith("cuda") else 1
+
+    def resolved_threads(self, workers: int) -> int:
+        if self.torch_threads:
+            return self.torch_threads
+        return max(1, (os.cpu_count() or 1) // workers)
