@@ -7,13 +7,11 @@ counters (in flight, queued, running, backlog) are exact and are added when a re
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass
+from pathlib import Path
 
 import psutil
 import torch
-
-log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -92,6 +90,17 @@ class LoadSampler:
             return util, None, None
 
 
+_CGROUP_LIMITS = ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes")
+
+
 def default_memory_limit() -> int:
-    """90% of physical memory: leave room for the OS and the encoder's buffers."""
-    return int(psutil.virtual_memory().total * 0.9)
+    """90% of physical memory or of the container's cgroup limit, whichever is smaller."""
+    limit = psutil.virtual_memory().total
+    for path in _CGROUP_LIMITS:
+        try:
+            text = Path(path).read_text().strip()
+        except OSError:
+            continue
+        if text.isdigit():  # "max" means unlimited (v2); v1 reports a huge number instead
+            limit = min(limit, int(text))
+    return int(limit * 0.9)

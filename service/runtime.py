@@ -145,20 +145,33 @@ class Runtime:
         side = self.settings.warmup_size
         lr = torch.rand(1, 3, side, side, device=self.device)
         size = (2 * side, 2 * side)
-        for name, loaded in self.methods.items():
-            for tier in loaded.tiers:
-                run = lambda m=loaded.model, t=tier: m.upscale(lr, size, tier=t).cpu()  # noqa: E731
-                self.pool.run_blocking(run)
-                t0 = time.perf_counter()
-                for _ in range(self.settings.warmup_runs):
-                    self.pool.run_blocking(run)
-                seconds = (time.perf_counter() - t0) / self.settings.warmup_runs
-                gmacs = loaded.model.macs(tier, (side, side), size) / 1e9
-                load = self.sampler.sample()
-                factor = contention_factor(self.snapshot_from(load), self.config.contention_weight)
-                self.latency.calibrate((name, tier.name), seconds, gmacs, factor)
-                self.metrics.latency_model.labels(name, tier.name).set(self.latency.get((name, tier.name)))
-                log.info("warm-up %s/%s: %.0f ms for %.3f GMAC", name, tier.name, seconds * 1000, gmacs)
+        for name, loaded in list(self.methods.items()):
+            try:
+                for tier in loaded.tiers:
+                    self._warm_up_tier(loaded, tier, lr, size)
+            except Exception as exc:  # a method that cannot run is not served; the others are
+                log.exception("warm-up of %s failed", name)
+                self.failures[name] = f"warm-up failed: {exc}"
+                del self.methods[name]
+
+    def _warm_up_tier(
+        self, loaded: LoadedMethod, tier: Tier, lr: torch.Tensor, size: tuple[int, int]
+    ) -> None:
+        def run() -> torch.Tensor:
+            return loaded.model.upscale(lr, size, tier=tier).cpu()
+
+        self.pool.run_blocking(run)  # first touch: allocations, derived weights
+        t0 = time.perf_counter()
+        for _ in range(self.settings.warmup_runs):
+            self.pool.run_blocking(run)
+        seconds = (time.perf_counter() - t0) / self.settings.warmup_runs
+        gmacs = loaded.model.macs(tier, (lr.shape[2], lr.shape[3]), size) / 1e9
+        # The latest reading of the sampler (sampling here too would race the sampling task).
+        factor = contention_factor(self.snapshot_from(self.sampler.latest), self.config.contention_weight)
+        key = (loaded.name, tier.name)
+        self.latency.calibrate(key, seconds, gmacs, factor)
+        self.metrics.latency_model.labels(*key).set(self.latency.get(key))
+        log.info("warm-up %s/%s: %.0f ms for %.3f GMAC", *key, seconds * 1000, gmacs)
 
     async def sample_forever(self) -> None:
         """Keep the machine-load reading and the load gauges fresh."""

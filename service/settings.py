@@ -97,7 +97,7 @@ class Settings(BaseSettings):
     memory_limit_bytes: int = Field(
         0,
         ge=0,
-        description="Shed when process memory plus the request's estimate exceeds this; 0 = 90% of RAM.",
+        description="Shed when process memory + the request's estimate exceeds this; 0 = 90% of RAM/cgroup.",
     )
     load_sample_interval_s: float = Field(
         0.5, gt=0.0, description="How often CPU/GPU/memory load is sampled."

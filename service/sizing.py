@@ -79,8 +79,12 @@ def resolve_output(in_h: int, in_w: int, req: ScaleRequest, max_scale: float) ->
         # One side given: keep the aspect ratio.
         out_w = req.width if req.width is not None else _round(in_w * req.height / in_h)  # type: ignore[operator]
         out_h = req.height if req.height is not None else _round(in_h * req.width / in_w)  # type: ignore[operator]
-        sx = _check_factor("width / input width", out_w / in_w, max_scale)
-        sy = _check_factor("height / input height", out_h / in_h, max_scale)
+        for side, out_px, in_px in (("width", out_w, in_w), ("height", out_h, in_h)):
+            if not 1.0 < out_px / in_px <= max_scale:
+                raise InvalidParameter(
+                    f"output {side} {out_px} is {out_px / in_px:.4g}× the input {side} {in_px}; "
+                    f"it must be more than 1× and at most {max_scale:g}×"
+                )
     return OutputSize(height=max(1, out_h), width=max(1, out_w), scale_y=out_h / in_h, scale_x=out_w / in_w)
 
 

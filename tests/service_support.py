@@ -29,6 +29,7 @@ from models import registry
 from models.base import ScalableSR
 from models.checkpoint import export_weights, write_manifest
 from service.app import create_app
+from service.runtime import Loader
 from service.settings import Settings
 
 # Synthetic quality: per-method offset (dB) and gain per tier step; a tier's prior latency is
@@ -118,9 +119,11 @@ async def wait_started(app: FastAPI, timeout: float = 120.0) -> None:
 
 
 @contextlib.asynccontextmanager
-async def served(settings: Settings | None = None) -> AsyncIterator[tuple[FastAPI, httpx.AsyncClient]]:
+async def served(
+    settings: Settings | None = None, loader: Loader = caching_loader
+) -> AsyncIterator[tuple[FastAPI, httpx.AsyncClient]]:
     """An app with its lifespan running (models loaded) and an httpx client talking ASGI to it."""
-    app = create_app(settings or make_settings(), loader=caching_loader)
+    app = create_app(settings or make_settings(), loader=loader)
     async with app.router.lifespan_context(app):
         await wait_started(app)
         transport = httpx.ASGITransport(app=app)

@@ -67,7 +67,7 @@ def _tier_info(runtime: Runtime, method: str, manifest: dict[str, Any], tier: An
 
 
 @router.get("/models", summary="Methods, tiers, and each tier's measured quality and cost")
-def list_models(runtime: Annotated[Runtime, Depends(get_runtime)]) -> ModelsResponse:
+async def list_models(runtime: Annotated[Runtime, Depends(get_runtime)]) -> ModelsResponse:
     methods = []
     for name in registry.available():
         loaded = runtime.methods.get(name)

@@ -1,4 +1,8 @@
-"""Operations endpoints: liveness, readiness and Prometheus metrics."""
+"""Operations endpoints: liveness, readiness and Prometheus metrics.
+
+Handlers are `async` on purpose: they read the worker pool's bookkeeping, which only the event
+loop mutates, so they must not run in FastAPI's thread pool.
+"""
 
 from __future__ import annotations
 
@@ -14,7 +18,7 @@ router = APIRouter(tags=["ops"])
 
 
 @router.get("/healthz", summary="Liveness: the process answers")
-def healthz() -> dict[str, str]:
+async def healthz() -> dict[str, str]:
     return {"status": "ok"}
 
 
@@ -23,7 +27,7 @@ def healthz() -> dict[str, str]:
     summary="Readiness: checkpoints loaded and warmed up",
     responses={503: {"model": ErrorBody, "description": "Still loading, or no checkpoint could be loaded."}},
 )
-def readyz(request: Request) -> Any:
+async def readyz(request: Request) -> Any:
     runtime = getattr(request.app.state, "runtime", None)
     if runtime is not None and runtime.ready:
         return {"status": "ready", "methods": list(runtime.methods), "failed": runtime.failures}
@@ -38,7 +42,7 @@ def readyz(request: Request) -> Any:
     response_class=Response,
     responses={200: {"content": {"text/plain": {}}}},
 )
-def metrics(request: Request, metrics: Annotated[Metrics, Depends(get_metrics)]) -> Response:
+async def metrics(request: Request, metrics: Annotated[Metrics, Depends(get_metrics)]) -> Response:
     runtime = getattr(request.app.state, "runtime", None)
     if runtime is not None:
         metrics.set_load(runtime.snapshot())

@@ -18,7 +18,7 @@ from fastapi import APIRouter, Depends, Query, Request, Response
 from starlette.formparsers import MultiPartException, MultiPartParser
 
 from service.api.deps import get_load_probe, get_runtime
-from service.controller import Need, memory_estimate
+from service.controller import Decision, Need, memory_estimate
 from service.errors import (
     ErrorBody,
     InvalidParameter,
@@ -31,7 +31,7 @@ from service.imaging import FORMATS, Encoding, check_media_type, decode, encode
 from service.load import LoadSnapshot
 from service.metrics import NONE
 from service.runtime import Runtime
-from service.sizing import ScaleRequest, execution_mode, resolve_output
+from service.sizing import OutputSize, ScaleRequest, execution_mode, resolve_output
 
 router = APIRouter(tags=["upscale"])
 
@@ -243,7 +243,17 @@ async def upscale(
         "encode": encode_s,
         "total": total,
     }
-    headers = {
+    headers = _headers(runtime, decision, out, timing)
+    return Response(body, media_type=FORMATS[fmt][1], headers=headers)
+
+
+def _headers(
+    runtime: Runtime, decision: Decision, out: OutputSize, timing: dict[str, float]
+) -> dict[str, str]:
+    """What was chosen, what it should deliver, and where the time went."""
+    chosen = decision.candidate
+    assert chosen is not None
+    return {
         "X-ElasticSR-Method": chosen.method,
         "X-ElasticSR-Tier": chosen.tier,
         "X-ElasticSR-Predicted-PSNR": f"{chosen.predicted_psnr_db:.2f}",
@@ -252,8 +262,7 @@ async def upscale(
         "X-ElasticSR-Output-Size": f"{out.width}x{out.height}",
         "X-ElasticSR-Policy": str(runtime.policy),
         "X-ElasticSR-Predicted-Ms": f"{decision.total_seconds * 1000:.1f}",
-        "X-ElasticSR-Queue-Wait-Ms": f"{result.wait_seconds * 1000:.1f}",
-        "X-ElasticSR-Compute-Ms": f"{result.compute_seconds * 1000:.1f}",
+        "X-ElasticSR-Queue-Wait-Ms": f"{timing['queue'] * 1000:.1f}",
+        "X-ElasticSR-Compute-Ms": f"{timing['compute'] * 1000:.1f}",
         "Server-Timing": ", ".join(f"{k};dur={v * 1000:.1f}" for k, v in timing.items()),
     }
-    return Response(body, media_type=FORMATS[fmt][1], headers=headers)

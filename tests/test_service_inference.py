@@ -1,0 +1,87 @@
+"""The worker pool's bookkeeping (what the controller's backlog comes from), without models."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+
+import pytest
+from service_support import caching_loader, image_bytes, make_settings, served
+
+from service.errors import Unavailable
+from service.inference import InferencePool
+
+pytestmark = pytest.mark.anyio
+
+
+@pytest.fixture(scope="module")
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+async def test_backlog_counts_queued_and_running_work() -> None:
+    pool = InferencePool(workers=1, torch_threads=1)
+    release = threading.Event()
+    far = time.monotonic() + 60
+    try:
+        first, second = pool.admit(2.0, far), pool.admit(3.0, far)
+        assert (pool.queued, pool.running) == (2, 0)
+        assert pool.backlog_seconds() == pytest.approx(5.0)
+        running = asyncio.create_task(pool.run(first, lambda: release.wait(10) and "one"))
+        waiting = asyncio.create_task(pool.run(second, lambda: "two"))
+        while pool.running == 0:
+            await asyncio.sleep(0.01)
+        assert (pool.queued, pool.running) == (1, 1)
+        now = time.monotonic()
+        assert 3.0 < pool.backlog_seconds(now + 0.5) <= 4.5  # running job: predicted minus elapsed
+        assert pool.backlog_seconds(now + 10) == pytest.approx(3.0)  # overdue running job owes 0
+        release.set()
+        results = await asyncio.gather(running, waiting)
+        assert [r.value for r in results] == ["one", "two"]
+        assert results[1].wait_seconds >= results[0].wait_seconds
+        assert (pool.queued, pool.running, pool.backlog_seconds()) == (0, 0, 0.0)
+    finally:
+        release.set()
+        pool.shutdown()
+
+
+async def test_a_request_whose_deadline_passed_in_the_queue_is_dropped() -> None:
+    pool = InferencePool(workers=1, torch_threads=1)
+    try:
+        ticket = pool.admit(1.0, deadline_at=time.monotonic() - 0.001)
+        ran = []
+        with pytest.raises(Unavailable) as info:
+            await pool.run(ticket, lambda: ran.append(1))
+        assert info.value.code == "deadline_expired" and info.value.status == 503
+        assert ran == [] and (pool.queued, pool.running) == (0, 0)
+    finally:
+        pool.shutdown()
+
+
+async def test_a_method_failing_warm_up_is_dropped_and_the_rest_served() -> None:
+    def loader(name: str, device: str, checkpoint_dir: str | None):
+        model = caching_loader("ssrno", device, checkpoint_dir)
+        if name == "ssrno":
+            return model
+
+        class Broken:  # loads fine, fails to run
+            def __init__(self) -> None:
+                self.manifest = {"method": name, "tiers": []}
+
+            def tiers(self):
+                return model.tiers()
+
+            def upscale(self, *args, **kwargs):
+                raise RuntimeError("kernel exploded")
+
+        return Broken()
+
+    settings = make_settings(methods=["ssrno", "anysr"], warmup=True, warmup_size=4)
+    async with served(settings, loader=loader) as (app, client):
+        runtime = app.state.runtime
+        assert list(runtime.methods) == ["ssrno"] and "kernel exploded" in runtime.failures["anysr"]
+        response = await client.post(
+            "/upscale?scale=2&tier=XS", content=image_bytes(4, 4), headers={"content-type": "image/png"}
+        )
+        assert response.status_code == 200, response.text
