@@ -8,13 +8,16 @@ is skipped on a developer's machine.
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 import shutil
 import sys
 from pathlib import Path
 
+import anyio
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 REPO = Path(__file__).resolve().parent.parent
 DEPLOY = REPO / "deploy"
@@ -22,12 +25,15 @@ DOCKER = REPO / "docker"
 PROMETHEUS = DEPLOY / "prometheus"
 GRAFANA = DEPLOY / "grafana"
 
-# Queue metrics promised by the job-queue issue (exported by `python -m service.worker`). Until that
-# lands they cannot be read from the service, so they are allowed by name here; once the service
-# exports them they are checked like every other metric and can be dropped from this set.
+# QUEUE METRICS NOT YET ON MAIN. The job-queue branch (`python -m service.worker`) promises these
+# names and types; until it is merged they cannot be read from the service, so panels and rules may
+# use them by this list alone. Everything else must appear in a real /metrics scrape of the app.
+# Drop this list when the queue branch lands: test_pending_queue_metrics_are_not_exported_yet fails
+# as soon as the service exports any of them, so it cannot outlive its reason silently.
+# (elasticsr_queue_depth, the fourth queue metric, is already exported on main and checked for real.)
 PENDING_QUEUE_METRICS = {
+    "elasticsr_job_age_seconds": "histogram",
     "elasticsr_jobs_total": "counter",
-    "elasticsr_job_age_seconds": "gauge",
     "elasticsr_worker_busy_seconds_total": "counter",
 }
 
@@ -46,31 +52,49 @@ def tool(name: str) -> str:
     pytest.skip(message)
 
 
+async def _scrape() -> str:
+    from service_support import image_bytes, make_settings, served
+
+    async with served(make_settings(methods=["ssrno"])) as (_, client):
+        # One answered request, so every series a request touches exists in the scrape.
+        ok = await client.post(
+            "/upscale?scale=2", content=image_bytes(8, 8), headers={"content-type": "image/png"}
+        )
+        assert ok.status_code == 200, ok.text
+        response = await client.get("/metrics")
+        assert response.status_code == 200
+        return response.text
+
+
+@functools.cache
+def metrics_scrape() -> str:
+    """The text of GET /metrics from a real app (untrained test checkpoint, one upscale served)."""
+    return anyio.run(_scrape)
+
+
+@functools.cache
 def service_series() -> dict[str, str]:
-    """Every series name the service exports (`name_bucket`, `name_total`, …) -> metric type.
+    """Every series name the running service exports (`name_bucket`, `name_total`, …) -> type.
 
-    Read from the service's own metrics registry, so a renamed or removed metric breaks the
-    dashboard and rule tests instead of leaving an empty panel in production.
+    Read from a real /metrics scrape, so a renamed or removed metric breaks the dashboard, rule and
+    autoscaling tests instead of leaving an empty panel or a dead alert in production. Families are
+    expanded by type, so a labelled metric with no sample yet still counts.
     """
-    from service.metrics import Metrics
-
     series: dict[str, str] = {}
-    for family in Metrics().registry.collect():
+    for family in text_string_to_metric_families(metrics_scrape()):
         if not family.name.startswith("elasticsr_"):
             continue  # process_* collector metrics are not part of the contract
-        base = family.name.removesuffix("_total")  # prometheus-client strips it from counters
         for suffix in _SUFFIXES.get(family.type, ("",)):
-            series[base + suffix] = family.type
+            series[family.name + suffix] = family.type
     return series
 
 
 def known_series() -> dict[str, str]:
-    """Exported series plus the queue metrics still pending (see PENDING_QUEUE_METRICS)."""
-    series = service_series()
+    """Exported series plus those of PENDING_QUEUE_METRICS."""
+    series = dict(service_series())
     for name, kind in PENDING_QUEUE_METRICS.items():
         base = name.removesuffix("_total")
-        if not any(s.startswith(base) for s in series):
-            series.update({base + s: kind for s in _SUFFIXES[kind]})
+        series.update({base + suffix: kind for suffix in _SUFFIXES[kind]})
     return series
 
 

@@ -17,7 +17,7 @@ from pathlib import Path
 import jsonschema
 import pytest
 import yaml
-from deploy_support import DEPLOY, known_series, referenced_metrics, tool
+from deploy_support import DEPLOY, referenced_metrics, service_series, tool
 
 OVERLAYS = ("cpu", "gpu")
 K8S_VERSIONS = ("1.30.0", "1.35.0")  # HPA v2 behavior, PDB policy/v1, sidecar-free probes: all GA by 1.30
@@ -84,13 +84,62 @@ def test_strict_validation_catches_a_misspelt_field(tmp_path: Path) -> None:
 
 @functools.cache
 def keda_schema() -> dict:
+    """Our stricter schema (deploy/schemas): it also knows each trigger type's metadata keys."""
     schema = yaml.safe_load((DEPLOY / "schemas" / "keda-scaledobject.schema.yaml").read_text())
     jsonschema.Draft202012Validator.check_schema(schema)
     return schema
 
 
+def _closed(node: object) -> None:
+    """Reject unknown fields wherever the schema lists fields, as the API server's strict field
+    validation does for a structural CRD schema (pydantic's schema leaves them open)."""
+    if isinstance(node, dict):
+        if "properties" in node and "additionalProperties" not in node:
+            node["additionalProperties"] = False
+        for value in node.values():
+            _closed(value)
+    elif isinstance(node, list):
+        for value in node:
+            _closed(value)
+
+
+@functools.cache
+def keda_crd_schema() -> dict:
+    """KEDA's own ScaledObject schema: cloudcoil-models-keda's models are generated from KEDA's CRD."""
+    from cloudcoil.models.keda.v1alpha1 import ScaledObject
+
+    schema = ScaledObject.model_json_schema(by_alias=True)
+    _closed(schema)
+    jsonschema.Draft202012Validator.check_schema(schema)
+    return schema
+
+
 @pytest.mark.parametrize("overlay", OVERLAYS)
-def test_scaledobject_matches_the_keda_schema(overlay: str) -> None:
+def test_scaledobject_matches_kedas_crd_schema(overlay: str) -> None:
+    jsonschema.Draft202012Validator(keda_crd_schema()).validate(
+        one(overlay, "ScaledObject", "elasticsr-worker")
+    )
+
+
+@pytest.mark.parametrize(
+    "corrupt",
+    [
+        lambda so: so["spec"].update(maxReplicas=4),  # an HPA field name, not KEDA's
+        lambda so: so["spec"].update(pollingInterval="10s"),
+        lambda so: so["spec"]["triggers"][0].update(metadata={"threshold": 4}),  # values are strings
+        lambda so: so["spec"].pop("scaleTargetRef"),
+        lambda so: so["spec"]["fallback"].pop("replicas"),
+    ],
+)
+def test_kedas_crd_schema_rejects_broken_scaledobjects(corrupt) -> None:
+    so = one("cpu", "ScaledObject", "elasticsr-worker")
+    corrupt(so)
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.Draft202012Validator(keda_crd_schema()).validate(so)
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_scaledobject_matches_our_stricter_schema(overlay: str) -> None:
     so = one(overlay, "ScaledObject", "elasticsr-worker")
     jsonschema.Draft202012Validator(keda_schema()).validate(so)
     spec = so["spec"]
@@ -103,14 +152,14 @@ def test_scaledobject_matches_the_keda_schema(overlay: str) -> None:
 @pytest.mark.parametrize(
     "corrupt",
     [
-        lambda so: so["spec"]["triggers"][0]["metadata"].update(listLenght="4"),  # typo in a trigger key
-        lambda so: so["spec"]["triggers"][0]["metadata"].update(listLength=4),  # not a string
+        lambda so: so["spec"]["triggers"][0]["metadata"].update(treshold="4"),  # typo in a trigger key
+        lambda so: so["spec"]["triggers"][0]["metadata"].update(threshold="four"),
         lambda so: so["spec"].update(maxReplicaCount=0),
         lambda so: so["spec"]["scaleTargetRef"].pop("name"),
-        lambda so: so["spec"]["triggers"][1]["metadata"].pop("query"),
+        lambda so: so["spec"]["triggers"][0]["metadata"].pop("query"),
     ],
 )
-def test_keda_schema_rejects_broken_scaledobjects(corrupt) -> None:
+def test_our_schema_rejects_what_kedas_crd_lets_through(corrupt) -> None:
     so = one("cpu", "ScaledObject", "elasticsr-worker")
     corrupt(so)
     with pytest.raises(jsonschema.ValidationError):
@@ -122,11 +171,10 @@ def test_everything_lands_in_one_namespace(overlay: str) -> None:
     for o in objects(overlay):
         if o["kind"] != "Namespace":
             assert o["metadata"].get("namespace") == NAMESPACE, o["metadata"]["name"]
-    # Addresses that KEDA's operator resolves from its own namespace must name ours.
-    assert f".{NAMESPACE}.svc" in config(overlay)["REDIS_ADDRESS"]
+    # KEDA queries a cluster-wide Prometheus: the query must select our namespace's series.
     so = one(overlay, "ScaledObject", "elasticsr-worker")
-    query = next(t for t in so["spec"]["triggers"] if t["type"] == "prometheus")["metadata"]["query"]
-    assert f'namespace="{NAMESPACE}"' in query
+    for trigger in so["spec"]["triggers"]:
+        assert f'namespace="{NAMESPACE}"' in trigger["metadata"]["query"]
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
@@ -175,21 +223,21 @@ def test_api_grace_period_covers_the_longest_request(overlay: str) -> None:
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
-def test_workers_scale_on_the_queue_the_service_uses(overlay: str) -> None:
+def test_workers_scale_on_the_queue_depth_the_service_exports(overlay: str) -> None:
     so = one(overlay, "ScaledObject", "elasticsr-worker")
     worker = one(overlay, "Deployment", "elasticsr-worker")
     assert so["spec"]["scaleTargetRef"]["name"] == worker["metadata"]["name"]
     assert container(worker)["command"] == ["python", "-m", "service.worker"]
-    redis = next(t for t in so["spec"]["triggers"] if t["type"] == "redis")["metadata"]
-    assert redis["listName"] == config(overlay)["ELASTICSR_QUEUE_KEY"] == "elasticsr:jobs"
-    # ...FromEnv names are read from the scale target's container: they must exist there.
-    env = {e["name"] for e in container(worker).get("env", [])} | set(config(overlay))
-    for key, value in redis.items():
-        if key.endswith("FromEnv"):
-            assert value in env, key
-    for trigger in so["spec"]["triggers"]:
-        if trigger["type"] == "prometheus":
-            assert referenced_metrics(trigger["metadata"]["query"]) <= known_series().keys()
+    (trigger,) = so["spec"]["triggers"]
+    assert trigger["type"] == "prometheus"
+    # Read from a real /metrics scrape of the app, not from a list: the queue depth is on main.
+    assert referenced_metrics(trigger["metadata"]["query"]) == {"elasticsr_queue_depth"}
+    assert service_series()["elasticsr_queue_depth"] == "gauge"
+    # The worker reaches Redis through the setting the service reads, and serves what it is probed on.
+    env = {e["name"]: e.get("value", "") for e in container(worker)["env"]}
+    assert env["ELASTICSR_REDIS_URL"].endswith("@$(REDIS_ADDRESS)/0") and "REDIS_ADDRESS" in config(overlay)
+    port = next(p for p in container(worker)["ports"] if p["name"] == "metrics")["containerPort"]
+    assert int(config(overlay)["ELASTICSR_WORKER_METRICS_PORT"]) == port
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
@@ -201,7 +249,7 @@ def test_api_autoscales_on_an_exported_metric_the_adapter_serves(overlay: str) -
     served = {rule["name"]["as"]: rule for rule in adapter["rules"]["custom"]}
     for metric in hpa["spec"]["metrics"]:
         name = metric["pods"]["metric"]["name"]
-        assert name in known_series(), f"{name} is not exported by the service"
+        assert name in service_series(), f"{name} is not exported by the service"
         assert name in served, f"prometheus-adapter does not serve {name}"
         assert referenced_metrics(served[name]["seriesQuery"]) == {name}
 
@@ -216,4 +264,6 @@ def test_overlays_differ_only_where_the_device_does() -> None:
         # Torch threads match the CPU the pod is given (more would only throttle).
         limit = cpu_c["resources"]["limits"]["cpu"]
         assert cpu["ELASTICSR_TORCH_THREADS"] == limit == cpu_c["resources"]["requests"]["cpu"]
-        assert re.fullmatch(r"elasticsr:cpu", cpu_c["image"]) and re.fullmatch(r"elasticsr:cuda", gpu_c["image"])
+        assert re.fullmatch(r"elasticsr:cpu", cpu_c["image"]) and re.fullmatch(
+            r"elasticsr:cuda", gpu_c["image"]
+        )
