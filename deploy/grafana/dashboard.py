@@ -278,17 +278,18 @@ def queue_panels() -> list[dict]:
     return [
         timeseries(
             "Queue depth",
-            "Requests waiting for an inference worker inside each API instance.",
+            "Work waiting for a worker (elasticsr_queue_depth), as each instance reports it; "
+            "the job-queue workers' autoscaling metric (KEDA reads its max).",
             [target(f"elasticsr_queue_depth{{{INST}}}", "{{instance}}")],
             unit="short",
         ),
         timeseries(
             "Job queue",
-            "Redis job queue: jobs finished per second by outcome, the age of the "
-            "oldest waiting job, and how many workers are busy.",
+            "Jobs finished per second by outcome, how long jobs waited for a worker (p95), and how "
+            "many workers were busy on average.",
             [
                 target(f"sum by (outcome) ({rate('elasticsr_jobs_total', '')})", "{{outcome}} /s"),
-                target("max(elasticsr_job_age_seconds)", "oldest job age (s)", ref="B"),
+                target(hq(0.95, "elasticsr_job_age_seconds", "", ""), "job wait p95 (s)", ref="B"),
                 target(f"sum({rate('elasticsr_worker_busy_seconds_total', '')})", "busy workers", ref="C"),
             ],
             unit="short",
