@@ -37,6 +37,9 @@ PENDING_QUEUE_METRICS = {
     "elasticsr_worker_busy_seconds_total": "counter",
 }
 
+# Settings of the same branch that deploy/ and docker/compose.yaml already pass; dropped with the list above.
+PENDING_QUEUE_SETTINGS = {"ELASTICSR_REDIS_URL", "ELASTICSR_WORKER_METRICS_PORT"}
+
 _SUFFIXES = {"counter": ("_total",), "histogram": ("_bucket", "_sum", "_count"), "gauge": ("",)}
 
 
@@ -87,6 +90,13 @@ def service_series() -> dict[str, str]:
         for suffix in _SUFFIXES.get(family.type, ("",)):
             series[family.name + suffix] = family.type
     return series
+
+
+def known_settings() -> set[str]:
+    """Every ELASTICSR_* variable the service reads (a misspelt one would be silently ignored)."""
+    from service.settings import Settings
+
+    return {f"ELASTICSR_{name.upper()}" for name in Settings.model_fields} | PENDING_QUEUE_SETTINGS
 
 
 def known_series() -> dict[str, str]:

@@ -17,7 +17,7 @@ from pathlib import Path
 import jsonschema
 import pytest
 import yaml
-from deploy_support import DEPLOY, referenced_metrics, service_series, tool
+from deploy_support import DEPLOY, known_settings, referenced_metrics, service_series, tool
 
 OVERLAYS = ("cpu", "gpu")
 K8S_VERSIONS = ("1.30.0", "1.35.0")  # HPA v2 behavior, PDB policy/v1, sidecar-free probes: all GA by 1.30
@@ -252,6 +252,15 @@ def test_api_autoscales_on_an_exported_metric_the_adapter_serves(overlay: str) -
         assert name in service_series(), f"{name} is not exported by the service"
         assert name in served, f"prometheus-adapter does not serve {name}"
         assert referenced_metrics(served[name]["seriesQuery"]) == {name}
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_every_elasticsr_variable_is_a_setting_the_service_reads(overlay: str) -> None:
+    names = {k for k in config(overlay) if k.startswith("ELASTICSR_")}
+    for o in objects(overlay):
+        if o["kind"] == "Deployment":
+            names |= {e["name"] for e in container(o).get("env", []) if e["name"].startswith("ELASTICSR_")}
+    assert names - known_settings() == set()
 
 
 def test_overlays_differ_only_where_the_device_does() -> None:
