@@ -83,10 +83,16 @@ def docker_env() -> Iterator[dict[str, str]]:
                 daemon.wait(timeout=30)
             except subprocess.TimeoutExpired:
                 daemon.kill()
-            # The daemon can leave mounts behind (overlays, its network namespace) that block removal.
-            for mounted in ("data", "exec"):
-                subprocess.run(["umount", "-R", "-l", f"{root}/{mounted}"], capture_output=True)
+            _unmount_under(root)
             shutil.rmtree(root, ignore_errors=True)
+
+
+def _unmount_under(root: Path) -> None:
+    """The daemon can leave mounts behind (overlays, its network namespace file) that block removal;
+    unmount every one below `root`, deepest first."""
+    mounts = [line.split()[1] for line in Path("/proc/self/mounts").read_text().splitlines()]
+    for point in sorted((m for m in mounts if m.startswith(f"{root}/")), key=len, reverse=True):
+        subprocess.run(["umount", "-l", point], capture_output=True)
 
 
 def _untrained_checkpoint(folder: Path) -> str:
