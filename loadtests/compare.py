@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from loadtests.generator import HttpSender, Record, run_closed_loop, run_open_loop
-from loadtests.metrics import check_targets, percentile, summarize
+from loadtests.metrics import check_targets, paired_delta, percentile, summarize
 from loadtests.plot import plot
 from loadtests.server import running_service
 from loadtests.workload import RequestSpec, build_mix, profile, schedule
@@ -203,12 +203,15 @@ async def run_policy(url: str, mix, arrivals, args: argparse.Namespace) -> list[
 
 
 def score_sample(records: list[Record], mix: list[RequestSpec], per_level: int, seed: int) -> None:
-    """PSNR-Y against the HR original for a seeded sample of each level's ok responses; drop bodies."""
-    rng = random.Random(seed)
-    levels = sorted({r.level for r in records})
-    for level in levels:
-        ok = [r for r in records if r.level == level and r.status == "ok" and r.body]
-        for r in rng.sample(ok, min(per_level, len(ok))):
+    """PSNR-Y against the HR original for a sample of each level's ok responses; then drop bodies.
+
+    Candidates are visited in a seeded order of arrival indices, the same for every policy, so
+    policies are scored on the same arrivals wherever they all answered them.
+    """
+    for level in sorted({r.level for r in records}):
+        candidates = sorted((r for r in records if r.level == level), key=lambda r: r.index)
+        random.Random(f"{seed}-{level}").shuffle(candidates)
+        for r in [r for r in candidates if r.status == "ok" and r.body][:per_level]:
             spec = mix[r.spec]
             r.measured_psnr = spec.psnr_of(r.body or b"")
             r.bicubic_psnr = spec.bicubic_psnr()
@@ -225,8 +228,9 @@ def table(result: dict[str, Any]) -> str:
     """The markdown table pasted into loadtests/README.md."""
     lines = [
         "| policy | load | offered req/s | within SLO | p50 ms | p95 ms | p99 ms | ok req/s | shed "
-        "| predicted PSNR-Y dB | measured PSNR-Y dB (n) | bicubic dB | tiers served |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| predicted PSNR-Y dB | predicted gain dB | effective gain dB "
+        "| measured PSNR-Y dB (n) | measured gain dB | tiers served |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for name, run in result["policies"].items():
         for lv in run["levels"]:
@@ -238,8 +242,9 @@ def table(result: dict[str, Any]) -> str:
                 f"| {_fmt(lv['latency_p50_ms'], '.0f')} | {_fmt(lv['latency_p95_ms'], '.0f')} "
                 f"| {_fmt(lv['latency_p99_ms'], '.0f')} | {lv['throughput_rps']:.2f} "
                 f"| {_fmt(None if lv['shed_rate'] is None else 100 * lv['shed_rate'], '.1f')}% "
-                f"| {_fmt(lv['predicted_psnr_db'], '.2f')} | {_fmt(m['psnr_db'], '.2f')} ({m['n']}) "
-                f"| {_fmt(m['bicubic_psnr_db'], '.2f')} | {tiers} |"
+                f"| {_fmt(lv['predicted_psnr_db'], '.2f')} | {_fmt(lv['predicted_gain_db'], '.2f')} "
+                f"| {_fmt(lv['effective_gain_db'], '.2f')} | {_fmt(m['psnr_db'], '.2f')} ({m['n']}) "
+                f"| {_fmt(m['gain_db'], '.2f')} | {tiers} |"
             )
     return "\n".join(lines)
 
@@ -320,6 +325,7 @@ def main(argv: list[str] | None = None) -> int:
 
     capacity = {"rps": args.capacity_rps, "measured": False} if args.capacity_rps else None
     levels = None
+    records_of: dict[str, list[Record]] = {}
     for name, policy in policies.items():
         methods = adaptive_methods if policy == "adaptive" else [chosen["method"]]
         log = out(f".{name}.log")
@@ -347,13 +353,21 @@ def main(argv: list[str] | None = None) -> int:
             )
             records = asyncio.run(run_policy(url, mix, arrivals, args))
         score_sample(records, mix, args.psnr_sample, args.seed)
+        records_of[name] = records
         result["policies"][name] = {
             "policy": policy,
             "methods": methods,
             "levels": summarize(records, levels, args.slo_ms / 1000),
         }
     result["capacity"] = capacity
-    result["targets"] = check_targets({k: v["levels"] for k, v in result["policies"].items()})
+    result["paired_vs_adaptive"] = {
+        other: [paired_delta(records_of["adaptive"], records_of[other], i) for i in range(len(levels))]
+        for other in records_of
+        if other != "adaptive"
+    }
+    result["targets"] = check_targets(
+        {k: v["levels"] for k, v in result["policies"].items()}, result["paired_vs_adaptive"]
+    )
     result["wall_seconds"] = round(time.monotonic() - started, 1)
 
     args.out_dir.mkdir(parents=True, exist_ok=True)

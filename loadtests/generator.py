@@ -46,6 +46,7 @@ Send = Callable[[RequestSpec], Awaitable[Outcome]]
 class Record:
     """One arrival's fate, as the client saw it."""
 
+    index: int  # position in the schedule: the same arrival in every policy's run
     level: int
     spec: int
     scheduled: float  # seconds after the run started
@@ -79,10 +80,13 @@ def _float(headers: dict[str, str], name: str) -> float | None:
         return None
 
 
-def record_of(level: int, spec: int, scheduled: float, lag: float, latency: float, out: Outcome) -> Record:
+def record_of(
+    index: int, level: int, spec: int, scheduled: float, lag: float, latency: float, out: Outcome
+) -> Record:
     status = classify(out)
     headers = out.headers or {}
     return Record(
+        index,
         level,
         spec,
         scheduled,
@@ -110,7 +114,7 @@ async def run_open_loop(
     inflight = 0
     start = clock() + 0.05  # a short lead-in so the first arrival is not already late
 
-    async def one(arrival: Arrival, due: float) -> None:
+    async def one(index: int, arrival: Arrival, due: float) -> None:
         nonlocal inflight
         lag = clock() - due
         try:
@@ -119,19 +123,19 @@ async def run_open_loop(
             out = Outcome(None, error=type(exc).__name__)
         finally:
             inflight -= 1
-        records.append(record_of(arrival.level, arrival.spec, arrival.offset, lag, clock() - due, out))
+        records.append(record_of(index, arrival.level, arrival.spec, arrival.offset, lag, clock() - due, out))
 
     tasks = []
-    for arrival in arrivals:
+    for index, arrival in enumerate(arrivals):
         due = start + arrival.offset
         delay = due - clock()
         if delay > 0:
             await asyncio.sleep(delay)
         if inflight >= max_inflight:
-            records.append(Record(arrival.level, arrival.spec, arrival.offset, 0.0, None, "dropped"))
+            records.append(Record(index, arrival.level, arrival.spec, arrival.offset, 0.0, None, "dropped"))
             continue
         inflight += 1
-        tasks.append(asyncio.create_task(one(arrival, due)))
+        tasks.append(asyncio.create_task(one(index, arrival, due)))
     await asyncio.gather(*tasks)
     records.sort(key=lambda r: r.scheduled)
     return records
@@ -153,7 +157,7 @@ async def run_closed_loop(
                 out = await send(mix[spec])
             except Exception as exc:
                 out = Outcome(None, error=type(exc).__name__)
-            records.append(record_of(0, spec, t0 - start, 0.0, clock() - t0, out))
+            records.append(record_of(len(records), 0, spec, t0 - start, 0.0, clock() - t0, out))
 
     await asyncio.gather(*(client() for _ in range(concurrency)))
     return records, clock() - start

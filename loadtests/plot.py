@@ -46,7 +46,10 @@ def plot(result: dict[str, Any], path: Path) -> bool:
     att.set(ylabel="SLO attainment (%)", ylim=(-2, 102), title="Requests within the SLO")
     lat.axhline(slo_ms, color="k", lw=0.8, ls="--", label="SLO")
     lat.set(ylabel="latency of ok responses (ms)", title="p50 (dotted) and p99 latency")
-    qual.set(ylabel="PSNR-Y (dB)", title="Delivered quality (o predicted, x measured on a sample)")
+    qual.set(
+        ylabel="PSNR-Y gain over bicubic (dB)",
+        title="Delivered quality (o predicted, x measured on a sample)",
+    )
     thr.set(ylabel="requests / s", title="Goodput (grey: offered load)")
     for ax in axes.flat:
         ax.grid(alpha=0.3)

@@ -16,7 +16,7 @@ import pytest
 from PIL import Image
 
 from loadtests.generator import Outcome, Record, check_loopback, classify, run_closed_loop, run_open_loop
-from loadtests.metrics import check_targets, percentile, summarize, summarize_level
+from loadtests.metrics import check_targets, paired_delta, percentile, summarize, summarize_level
 from loadtests.workload import Level, build_mix, profile, schedule
 
 
@@ -136,8 +136,16 @@ def test_profile_needs_a_measured_capacity() -> None:
             profile(bad, [1.0], 1.0)
 
 
-def _rec(level: int, status: str, latency_ms: float | None = None, psnr: float | None = None) -> Record:
+def _rec(
+    level: int,
+    status: str,
+    latency_ms: float | None = None,
+    psnr: float | None = None,
+    index: int = 0,
+    gain: float | None = None,
+) -> Record:
     return Record(
+        index,
         level,
         0,
         0.0,
@@ -147,11 +155,12 @@ def _rec(level: int, status: str, latency_ms: float | None = None, psnr: float |
         method="m" if status == "ok" else "",
         tier="t" if status == "ok" else "",
         predicted_psnr=psnr,
+        predicted_gain=gain,
     )
 
 
 def test_level_summary_on_synthetic_records() -> None:
-    records = [_rec(0, "ok", ms, psnr=30.0 + (ms % 2)) for ms in range(1, 101)]
+    records = [_rec(0, "ok", ms, psnr=30.0 + (ms % 2), gain=1.1) for ms in range(1, 101)]
     records += [_rec(0, "shed", 3.0)] * 6 + [_rec(0, "timeout")] * 2 + [_rec(0, "dropped")] * 2
     records[0].measured_psnr, records[0].bicubic_psnr = 29.0, 27.0
     summary = summarize_level(records, Level(2.0, 11.0, 10.0), slo_s=0.050)
@@ -166,10 +175,14 @@ def test_level_summary_on_synthetic_records() -> None:
     assert summary["latency_p99_ms"] == pytest.approx(99.01)
     assert summary["throughput_rps"] == pytest.approx(10.0) and summary["goodput_rps"] == pytest.approx(5.0)
     assert summary["predicted_psnr_db"] == pytest.approx(30.5)
+    assert summary["predicted_gain_db"] == pytest.approx(1.1)
+    # effective gain: the 50 answers within the SLO keep their gain, the 60 misses count 0 dB
+    assert summary["effective_gain_db"] == pytest.approx(1.1 * 50 / 110)
     assert summary["served_as"] == {"m/t": 100}
     assert summary["measured"] == {
         "n": 1,
         "psnr_db": 29.0,
+        "gain_db": 2.0,
         "predicted_psnr_db": 31.0,
         "bicubic_psnr_db": 27.0,
     }
@@ -184,28 +197,45 @@ def test_summarize_splits_by_level_and_handles_an_empty_level() -> None:
     assert percentile([], 99) is None
 
 
-def _levels(attainments: list[float], qualities: list[float]) -> list[dict]:
+def _levels(attainments: list[float]) -> list[dict]:
     return [
-        {"multiplier": m, "slo_attainment": a, "predicted_psnr_db": q, "measured": {"psnr_db": None}}
-        for m, a, q in zip([0.5, 1.0, 3.0], attainments, qualities, strict=True)
+        {"multiplier": m, "slo_attainment": a, "predicted_psnr_db": 30.0, "measured": {"psnr_db": None}}
+        for m, a in zip([0.5, 1.0, 3.0], attainments, strict=True)
     ]
+
+
+def _deltas(*deltas: float | None) -> list[dict]:
+    return [{"n": 0 if d is None else 10, "delta_db": d} for d in deltas]
 
 
 def test_targets_are_checked_at_the_levels_they_name() -> None:
     runs = {
-        "adaptive": _levels([1.0, 1.0, 0.995], [32.45, 32.0, 31.0]),
-        "static-richest": _levels([1.0, 0.9, 0.3], [32.5, 32.5, 32.5]),
-        "static-cheapest": _levels([1.0, 1.0, 1.0], [30.0, 30.0, 30.0]),
+        "adaptive": _levels([1.0, 1.0, 0.995]),
+        "static-richest": _levels([1.0, 0.9, 0.3]),
+        "static-cheapest": _levels([1.0, 1.0, 1.0]),
     }
-    checks = check_targets(runs)
-    assert [c["met"] for c in checks] == [True, True, True, True, True]
-    runs["adaptive"] = _levels([1.0, 0.98, 0.9], [32.3, 32.0, 29.0])
-    by_target = {(c["target"][:5], c["level"]): c["met"] for c in check_targets(runs)}
+    paired = {"static-richest": _deltas(-0.05, -0.5, -1.5), "static-cheapest": _deltas(2.0, 1.0, 0.2)}
+    assert [c["met"] for c in check_targets(runs, paired)] == [True, True, True, True, True]
+
+    runs["adaptive"] = _levels([1.0, 0.98, 0.9])
+    paired = {"static-richest": _deltas(-0.2, -0.5, -1.5), "static-cheapest": _deltas(2.0, 1.0, -0.1)}
+    by_target = {(c["target"][:5], c["level"]): c["met"] for c in check_targets(runs, paired)}
     assert by_target[("at 3x", 2)] is False  # 90% < 99%
     assert by_target[("at 0.", 0)] is False  # 0.2 dB below richest
     assert by_target[("every", 1)] is False  # better quality but 98% attainment
     assert by_target[("every", 2)] is False  # below cheapest
     assert by_target[("every", 0)] is True
+
+    paired["static-cheapest"] = _deltas(None, 1.0, 1.0)  # nothing served by both: not measured
+    assert check_targets(runs, paired)[2]["met"] is None
+
+
+def test_paired_delta_compares_the_same_arrivals() -> None:
+    a = [_rec(0, "ok", 5, 31.0, index=0), _rec(0, "ok", 5, 30.0, index=1), _rec(0, "shed", 1, index=2)]
+    b = [_rec(0, "ok", 5, 30.5, index=0), _rec(0, "shed", 1, index=1), _rec(0, "ok", 5, 20.0, index=2)]
+    b.append(_rec(1, "ok", 5, 10.0, index=3))  # another level
+    assert paired_delta(a, b, 0) == {"n": 1, "delta_db": pytest.approx(0.5)}
+    assert paired_delta(a, b, 1) == {"n": 0, "delta_db": None}
 
 
 def _png(size: tuple[int, int], seed: int) -> Image.Image:
