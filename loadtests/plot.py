@@ -34,12 +34,10 @@ def plot(result: dict[str, Any], path: Path) -> bool:
         att.plot(xs, [_pct(lv["slo_attainment"]) for lv in levels], "o-", color=color, label=name)
         lat.plot(xs, [_v(lv["latency_p99_ms"]) for lv in levels], "o-", color=color, label=f"{name} p99")
         lat.plot(xs, [_v(lv["latency_p50_ms"]) for lv in levels], ":", color=color, label=f"{name} p50")
-        qual.plot(
-            xs, [_v(lv["predicted_psnr_db"]) for lv in levels], "o-", color=color, label=f"{name} predicted"
-        )
-        qual.plot(
-            xs, [_v(lv["measured"]["psnr_db"]) for lv in levels], "x--", color=color, label=f"{name} measured"
-        )
+        # Gains over bicubic, not absolute PSNR: absolute values move with the images and scales
+        # a policy happened to serve, gains much less.
+        qual.plot(xs, [_v(lv["predicted_gain_db"]) for lv in levels], "o-", color=color)
+        qual.plot(xs, [_v(lv["measured"]["gain_db"]) for lv in levels], "x--", color=color)
         thr.plot(xs, [lv["goodput_rps"] for lv in levels], "o-", color=color, label=f"{name} within SLO")
         thr.plot(xs, [lv["offered_rate"] for lv in levels], ":", color="grey")
     att.axhline(99, color="k", lw=0.8, ls="--")
