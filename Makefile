@@ -21,7 +21,9 @@ test: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -m "not slow" -q
 
+# Slow tests include building and running the container image: Docker engine and debootstrap first.
 test-slow: $(STAMP)
+	docker/install-build-tools.sh
 	$(BIN)/python -m pytest -m slow -q
 
 bench: $(STAMP)

@@ -11,6 +11,11 @@ scale; ties broken by tier index, then by fewer MACs) whose total fits the reque
 and whose quality meets `min_quality`. As the backlog grows the richer tiers stop fitting and the
 choice degrades; as it drains they fit again and the choice climbs back.
 
+Slack reserve: every candidate but the cheapest must fit within (1 - reserve) of the budget. Greedy
+choice alone fills the whole budget with rich tiers, so under a sustained spike the backlog settles
+just under the deadline and every misprediction becomes an SLO miss or a shed; keeping a reserve
+makes the choice degrade while the cheapest tier still has room, so the backlog settles lower.
+
 Hysteresis: a candidate better than the previous choice must fit within (1 - hysteresis) of the
 budget, so a choice near the boundary does not flap between tiers with every request.
 
@@ -61,6 +66,7 @@ class ControllerConfig:
     hysteresis: float = 0.15
     contention_weight: float = 1.0  # 0 on GPU: other processes' CPU use does not slow the device
     overhead_seconds: float = 0.0  # fixed compute cost of any request (see service/latency.py)
+    reserve: float = 0.0  # fraction of the budget only the cheapest candidate may use (0 = greedy)
 
 
 @dataclass(frozen=True)
@@ -164,8 +170,12 @@ def choose(
     def compute(c: Candidate, contention: float = factor) -> float:
         return config.overhead_seconds + c.gmacs * c.seconds_per_gmac * contention
 
+    cheapest_eligible = min(eligible, key=compute)
+
     def fits(c: Candidate) -> bool:
         limit = need.budget_seconds
+        if c is not cheapest_eligible:
+            limit *= 1.0 - config.reserve  # leave the cheapest tier room to absorb a spike
         if prev is not None and c.rank() > prev.rank():
             limit *= 1.0 - config.hysteresis  # climbing needs headroom
         return wait + compute(c) <= limit
@@ -175,7 +185,7 @@ def choose(
         best = max(fitting, key=Candidate.rank)
         return Decision("run", best, wait_seconds=wait, compute_seconds=compute(best))
 
-    cheapest = min(eligible, key=compute)
+    cheapest = cheapest_eligible
     idle_seconds = compute(cheapest, 1.0)
     if idle_seconds > need.budget_seconds:
         return Decision(

@@ -78,6 +78,7 @@ class Runtime:
             hysteresis=settings.hysteresis,
             contention_weight=0.0 if self.device.startswith("cuda") else settings.contention_weight,
             overhead_seconds=settings.overhead_ms / 1000.0,
+            reserve=settings.slack_reserve,
         )
         self.memory_limit = settings.memory_limit_bytes or default_memory_limit()
         self.methods: dict[str, LoadedMethod] = {}

@@ -84,6 +84,13 @@ class Settings(BaseSettings):
         lt=1.0,
         description="Fraction of the deadline kept free before climbing to a richer tier.",
     )
+    slack_reserve: float = Field(
+        0.3,
+        ge=0.0,
+        lt=1.0,
+        description="Fraction of the deadline only the cheapest tier may use, so that a spike degrades "
+        "quality before it misses deadlines.",
+    )
     contention_weight: float = Field(
         1.0,
         ge=0.0,

@@ -178,3 +178,16 @@ def test_equal_quality_prefers_the_richer_tier_then_fewer_macs() -> None:
 def test_no_candidates_is_a_programming_error() -> None:
     with pytest.raises(ValueError):
         choose(IDLE, [], Need(budget_seconds=1.0))
+
+
+def test_slack_reserve_degrades_before_the_deadline_but_keeps_the_cheapest_whole() -> None:
+    need = Need(budget_seconds=2.0)
+    greedy, reserved = ControllerConfig(hysteresis=0.0), ControllerConfig(hysteresis=0.0, reserve=0.3)
+    # 0.5 s wait: X needs 1.5 s in all, within the 2.0 s budget but not within 70 % of it (1.4 s).
+    assert picked(choose(busy(0.5), CANDIDATES, need, greedy)) == ("ssrno", "X")
+    assert picked(choose(busy(0.5), CANDIDATES, need, reserved)) == ("anysr", "w1")
+    # 1.85 s wait: only the cheapest fits, and it may still use the whole budget.
+    assert picked(choose(busy(1.85), CANDIDATES, need, reserved)) == ("ssrno", "XS")
+    # A single (static or pinned) candidate is the cheapest of its list: the reserve never sheds it.
+    only_x = [c for c in CANDIDATES if c.tier == "X"]
+    assert picked(choose(busy(0.9), only_x, need, reserved)) == ("ssrno", "X")
