@@ -33,9 +33,10 @@ SHED_REASONS = (
     "no_model_available",
     "queue_unavailable",
 )
-JOB_OUTCOMES = ("succeeded", "failed", "cancelled", "expired")
+JOB_OUTCOMES = ("succeeded", "failed", "cancelled", "expired", "retried")
 
 _LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 300.0)
+_JOB_AGE_BUCKETS = (0.1, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1200.0, 3600.0)
 _PSNR_BUCKETS = tuple(float(db) for db in range(20, 43))
 _MEGAPIXEL_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 32.0)
 
@@ -117,16 +118,27 @@ class Metrics:
         self.queue_depth = Gauge(
             "elasticsr_queue_depth", "Jobs waiting in the job queue, not started yet.", registry=r
         )
-        self.job_age = Gauge(
-            "elasticsr_job_age_seconds", "Age of the oldest job waiting in the queue (0 if none).", registry=r
+        self.oldest_job_age = Gauge(
+            "elasticsr_queue_oldest_age_seconds",
+            "Age of the oldest job waiting in the queue (0 if none).",
+            registry=r,
+        )
+        self.job_age = Histogram(
+            "elasticsr_job_age_seconds",
+            "Time from enqueue to a job's first start (its wait in the queue).",
+            buckets=_JOB_AGE_BUCKETS,
+            registry=r,
         )
         self.jobs_running = Gauge("elasticsr_jobs_running", "Jobs being rendered now.", registry=r)
         self.job_workers = Gauge(
-            "elasticsr_job_workers", "Processes taking jobs (Redis: workers seen within the lease).", registry=r
+            "elasticsr_job_workers",
+            "Processes taking jobs (Redis: workers seen within the lease).",
+            registry=r,
         )
         self.jobs = Counter(
             "elasticsr_jobs",
-            "Jobs that ended, by outcome; each job is counted once, by the process that ended it.",
+            "Jobs by outcome: each end counted once by the process that ended it; `retried` counts "
+            "restarts after a lost worker.",
             ["outcome"],
             registry=r,
         )
@@ -175,7 +187,7 @@ class Metrics:
         self.queue_depth.set(depth)
         self.jobs_running.set(running)
         self.job_workers.set(workers)
-        self.job_age.set(oldest_age_seconds)
+        self.oldest_job_age.set(oldest_age_seconds)
 
     def finish(self, method: str, tier: str, outcome: str, code: str, seconds: float) -> None:
         """Record a finished request; `code` is `ok`, `queued` or an error code from the fixed list."""

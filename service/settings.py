@@ -132,13 +132,14 @@ class Settings(BaseSettings):
     result_ttl_s: float = Field(
         3600.0, gt=0, description="Seconds a finished job's record and result are kept."
     )
-    job_memory_bytes: int = Field(
-        512 * 1024 * 1024,
+    max_stored_bytes: int = Field(
+        1024 * 1024 * 1024,
         gt=0,
-        description="In-process queue: bytes of inputs and results held in memory (oldest finished evicted).",
+        description="Bytes of job inputs and results stored at once (in memory, or in Redis); "
+        "the in-process queue drops the oldest finished jobs first, Redis refuses new jobs (503).",
     )
     job_lease_s: float = Field(
-        15.0, gt=0, description="Redis: a running job whose worker stops renewing it this long is retried."
+        10.0, gt=0, description="Redis: a running job whose worker stops renewing it this long is retried."
     )
     job_max_attempts: int = Field(
         3, ge=1, description="Starts of a job (worker crashes included) before it fails as worker_lost."

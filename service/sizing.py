@@ -96,7 +96,7 @@ class ExecutionMode(Enum):
 def execution_mode(
     out: OutputSize, max_sync_pixels: int, max_job_pixels: int, requested_async: bool = False
 ) -> ExecutionMode:
-    """Sync up to `max_sync_pixels` unless the client asks for a job; a job up to `max_job_pixels`; else 413."""
+    """Sync up to `max_sync_pixels` unless a job is asked for; a job up to `max_job_pixels`; else 413."""
     if out.pixels > max_job_pixels:
         raise PayloadTooLarge(
             f"output {out.width}×{out.height} = {out.pixels} pixels exceeds the limit of {max_job_pixels}",

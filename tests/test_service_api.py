@@ -212,7 +212,12 @@ async def test_unsatisfiable_requests_are_422_with_their_own_codes(client: httpx
 
 
 async def test_size_limits_are_413() -> None:
-    settings = make_settings(max_body_bytes=3000, max_input_pixels=20 * 20, max_output_pixels=40 * 40)
+    settings = make_settings(
+        max_body_bytes=3000,
+        max_input_pixels=20 * 20,
+        max_output_pixels=40 * 40,
+        max_job_output_pixels=40 * 40,
+    )
     async with served(settings) as (_, client):
         big_body = image_bytes(40, 40)  # ~5 KB of noise
         assert len(big_body) > 3000

@@ -50,11 +50,17 @@ class JobExecutor:
         claim = await self.queue.claim(job_id, self.worker)
         if claim is None:
             return None
+        metrics, record = self.runtime.metrics, claim.record
+        if claim.attempt == 1:
+            metrics.job_age.observe(max(0.0, (record.started_at or time.time()) - record.created_at))
+        else:  # its previous worker was lost (killed, or stopped before finishing it)
+            metrics.jobs.labels("retried").inc()
+            log.warning("job %s: attempt %d after a lost worker", record.id, claim.attempt)
         started = time.monotonic()
         try:
             return await self._run(claim)
         finally:
-            self.runtime.metrics.worker_busy.inc(time.monotonic() - started)
+            metrics.worker_busy.inc(time.monotonic() - started)
 
     async def _run(self, claim: Claim) -> JobState | None:
         record, attempt, queue = claim.record, claim.attempt, self.queue
@@ -122,7 +128,9 @@ class JobExecutor:
                 encode_seconds=rendered.encode_seconds,
             )
         except JobStopped:
-            return await end(JobState.CANCELLED, error_code="cancelled", error_message="cancelled by the client")
+            return await end(
+                JobState.CANCELLED, error_code="cancelled", error_message="cancelled by the client"
+            )
         except ServiceError as exc:
             state, code = outcome_of(exc)
             return await end(state, error_code=code, error_message=exc.message)

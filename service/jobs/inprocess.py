@@ -3,7 +3,7 @@
 Jobs wait in a FIFO and one runner task renders them one at a time through the API's own inference
 pool, so a running job is part of the backlog the sync controller sees (and sync requests keep
 flowing between its chunks of work on the pool's other workers, if any). Inputs and results live
-in memory, bounded: at most `ELASTICSR_MAX_JOBS` queued jobs, and `ELASTICSR_JOB_MEMORY_BYTES` for
+in memory, bounded: at most `ELASTICSR_MAX_JOBS` queued jobs, and `ELASTICSR_MAX_STORED_BYTES` for
 all stored inputs and results together (the oldest finished jobs are dropped first to make room).
 All state changes happen on the event loop without awaiting in between, so each is atomic.
 Nothing survives a restart: use the Redis backend when jobs must not be lost.
@@ -68,7 +68,7 @@ class InProcessQueue(JobQueue):
 
     def _make_room(self, nbytes: int, records: int = 0) -> bool:
         """Evict the oldest finished jobs until `nbytes` (and `records`) more fit in the budgets."""
-        limit, max_records = self.settings.job_memory_bytes, RECORDS_PER_SLOT * self.settings.max_jobs
+        limit, max_records = self.settings.max_stored_bytes, RECORDS_PER_SLOT * self.settings.max_jobs
 
         def fits() -> bool:
             return self._bytes + nbytes <= limit and len(self._records) + records <= max_records
@@ -80,7 +80,9 @@ class InProcessQueue(JobQueue):
                 self._forget(job_id)
         return fits()
 
-    def _end(self, job_id: str, state: JobState, fields: dict[str, object], result: bytes | None) -> JobRecord:
+    def _end(
+        self, job_id: str, state: JobState, fields: dict[str, object], result: bytes | None
+    ) -> JobRecord:
         self._drop_input(job_id)
         if state is JobState.SUCCEEDED and result is not None:
             self._results[job_id] = result
@@ -96,7 +98,7 @@ class InProcessQueue(JobQueue):
             raise queue_full(len(self._pending), await self.stats())
         if not self._make_room(len(data), records=1):
             raise Unavailable(
-                "the in-process job store is full (ELASTICSR_JOB_MEMORY_BYTES)",
+                "the in-process job store is full (ELASTICSR_MAX_STORED_BYTES)",
                 code="overloaded",
                 reason="queue_full",
                 retry_after_s=max(1.0, (await self.stats()).backlog_seconds),
@@ -122,7 +124,11 @@ class InProcessQueue(JobQueue):
             return None
         if record.state is JobState.QUEUED:
             self._pending.remove(job_id)
-            fields = {"finished_at": time.time(), "error_code": "cancelled", "error_message": "cancelled by the client"}
+            fields = {
+                "finished_at": time.time(),
+                "error_code": "cancelled",
+                "error_message": "cancelled by the client",
+            }
             return self._end(job_id, JobState.CANCELLED, fields, None)
         if record.state is JobState.RUNNING:
             return self._change(job_id, cancel_requested=True)
@@ -159,6 +165,8 @@ class InProcessQueue(JobQueue):
         record = self._records.get(job_id)
         if record is None or record.state is not JobState.QUEUED:
             return None
+        if job_id in self._pending:  # the runner pops it first; anyone else claiming takes it too
+            self._pending.remove(job_id)
         now = time.time()
         record = self._change(job_id, state=JobState.RUNNING, worker=worker, attempts=1, started_at=now)
         return Claim(record, self._inputs[job_id], record.attempts)
@@ -196,7 +204,7 @@ class InProcessQueue(JobQueue):
                 fields = {
                     **fields,
                     "error_code": "result_too_large",
-                    "error_message": "no room for the result in ELASTICSR_JOB_MEMORY_BYTES",
+                    "error_message": "no room for the result in ELASTICSR_MAX_STORED_BYTES",
                 }
         return self._end(job_id, state, fields, result).state
 

@@ -9,7 +9,7 @@ record is flat so the Redis backend can keep it as a hash and compare fields in 
 from __future__ import annotations
 
 import time
-from enum import Enum
+from enum import StrEnum
 from typing import Any
 
 from pydantic import BaseModel, Field
@@ -17,7 +17,7 @@ from pydantic import BaseModel, Field
 from service.pipeline import RenderSpec
 
 
-class JobState(str, Enum):
+class JobState(StrEnum):
     QUEUED = "queued"
     RUNNING = "running"
     SUCCEEDED = "succeeded"
@@ -33,7 +33,7 @@ class JobState(str, Enum):
 TERMINAL = tuple(s.value for s in JobState if s.terminal)  # also the outcome label values
 
 
-class Stage(str, Enum):
+class Stage(StrEnum):
     """Where a running job is, for progress."""
 
     QUEUED = "queued"
@@ -67,6 +67,7 @@ class JobRecord(BaseModel):
     predicted_seconds: float | None = None  # compute, for the backlog and progress
     # execution
     attempts: int = 0
+    ends: int = 0  # terminal transitions written: 1 once ended, whatever the retries (Redis counts it)
     worker: str | None = None
     cancel_requested: bool = False
     started_at: float | None = None
@@ -135,7 +136,9 @@ class JobView(BaseModel):
     started_at: float | None = None
     finished_at: float | None = None
     expires_at: float | None = Field(None, description="When a finished job and its result are dropped.")
-    timings: dict[str, float] = Field(default_factory=dict, description="Seconds: wait, compute, encode, total.")
+    timings: dict[str, float] = Field(
+        default_factory=dict, description="Seconds: wait, compute, encode, total."
+    )
     error: JobError | None = None
     result_url: str | None = None
 
