@@ -12,8 +12,7 @@ import uuid
 
 import httpx
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
-from service_support import decoded, image_bytes, make_settings, served
+from service_support import corrupt_png, decoded, image_bytes, make_settings, metric, served
 
 from service.errors import Unavailable
 from service.inference import InferencePool
@@ -39,22 +38,6 @@ async def wait_ended(client: httpx.AsyncClient, location: str, timeout: float = 
             return view
         await asyncio.sleep(0.05)
     raise AssertionError(f"{location} did not end within {timeout} s")
-
-
-def metric(text: str, name: str, **labels: str) -> float:
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
-                return sample.value
-    raise KeyError(name)
-
-
-def corrupt_png(width: int = 16, height: int = 16) -> bytes:
-    """A PNG whose header is valid (so it is queued) and whose pixel data is garbage (so it fails)."""
-    data = bytearray(image_bytes(width, height))
-    start = data.index(b"IDAT") + 4
-    data[start : start + 40] = bytes(range(40))
-    return bytes(data)
 
 
 async def test_async_request_is_a_job_with_location_progress_and_result() -> None:
