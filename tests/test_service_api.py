@@ -247,7 +247,8 @@ def inject_load(app: FastAPI, snapshot: LoadSnapshot) -> None:
 
 
 async def test_controller_degrades_under_load_and_climbs_back() -> None:
-    async with served(make_settings(methods=["ssrno"])) as (app, client):
+    # No contention term: the idle request must see an idle machine even while other jobs load the CPU.
+    async with served(make_settings(methods=["ssrno"], contention_weight=0.0)) as (app, client):
         runtime = app.state.runtime
         # A slow machine on paper: seconds of predicted compute per tier, gaps of seconds between tiers.
         for t in runtime.methods["ssrno"].tiers:
