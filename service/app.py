@@ -8,12 +8,19 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
+import socket
 from collections.abc import AsyncIterator
 
 from fastapi import FastAPI
 
 from service import errors
+from service.api import jobs as jobs_api
 from service.api import models, ops, upscale
+from service.jobs.base import JobQueue, maintain_forever
+from service.jobs.execute import JobExecutor
+from service.jobs.inprocess import InProcessQueue
+from service.jobs.redisqueue import RedisQueue
 from service.metrics import Metrics
 from service.runtime import Loader, Runtime, default_loader
 from service.settings import Settings
@@ -23,6 +30,13 @@ log = logging.getLogger(__name__)
 DESCRIPTION = """Upscales images to any scale (×1.1 … ×30, non-integer and asymmetric) and picks,
 per request, the method and tier that give the best predicted quality the server can deliver within
 the request's deadline under the current load."""
+
+
+async def open_queue(settings: Settings, metrics: Metrics, runtime: Runtime) -> JobQueue:
+    """Redis when `ELASTICSR_REDIS_URL` is set (workers render), else the in-process queue."""
+    if settings.redis_url:
+        return await RedisQueue.connect(settings, metrics)
+    return InProcessQueue(settings, metrics, runtime.pool)
 
 
 def create_app(settings: Settings | None = None, *, loader: Loader = default_loader) -> FastAPI:
@@ -37,13 +51,23 @@ def create_app(settings: Settings | None = None, *, loader: Loader = default_loa
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         runtime = Runtime(settings, metrics, loader)
         app.state.runtime = runtime
-        tasks = [asyncio.create_task(runtime.start()), asyncio.create_task(runtime.sample_forever())]
+        jobs = await open_queue(settings, metrics, runtime)
+        app.state.jobs = jobs
+        tasks = [
+            asyncio.create_task(runtime.start()),
+            asyncio.create_task(runtime.sample_forever()),
+            asyncio.create_task(maintain_forever(jobs, metrics, settings.load_sample_interval_s * 2)),
+        ]
+        if isinstance(jobs, InProcessQueue):  # no Redis: this process renders its own jobs
+            executor = JobExecutor(runtime, jobs, worker=f"{socket.gethostname()}:{os.getpid()}")
+            tasks.append(asyncio.create_task(jobs.run_forever(executor)))
         try:
             yield
         finally:
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
+            await jobs.close()
             runtime.close()
 
     app = FastAPI(title="ElasticSR", version="0.1.0", description=DESCRIPTION, lifespan=lifespan)
@@ -51,6 +75,7 @@ def create_app(settings: Settings | None = None, *, loader: Loader = default_loa
     app.state.metrics = metrics
     errors.install(app)
     app.include_router(upscale.router)
+    app.include_router(jobs_api.router)
     app.include_router(models.router)
     app.include_router(ops.router)
     return app

@@ -62,6 +62,25 @@ class InvalidParameter(ServiceError):
     status, code = 422, "invalid_parameter"
 
 
+class NotFound(ServiceError):
+    status, code = 404, "not_found"
+
+
+class Conflict(ServiceError):
+    """409: the job exists but is not in a state that allows this (codes job_not_ready, …)."""
+
+    status, code = 409, "conflict"
+
+    def __init__(self, message: str, *, retry_after_s: float | None = None, **kw: Any) -> None:
+        super().__init__(message, **kw)
+        self.retry_after_s = retry_after_s
+
+    def headers(self) -> dict[str, str]:
+        if self.retry_after_s is None:
+            return {}
+        return {"Retry-After": str(max(1, math.ceil(self.retry_after_s)))}
+
+
 class Unavailable(ServiceError):
     """503 with `Retry-After`: shed under load, not ready yet, or no model loaded."""
 
@@ -100,6 +119,11 @@ ERROR_CODES = {
     "deadline_expired": 503,
     "not_ready": 503,
     "no_model_available": 503,
+    "queue_unavailable": 503,
+    "job_not_found": 404,
+    "job_not_ready": 409,
+    "job_not_succeeded": 409,
+    "job_finished": 409,
     "not_found": 404,
     "method_not_allowed": 405,
     "internal_error": 500,

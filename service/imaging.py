@@ -85,6 +85,51 @@ def _open(data: bytes) -> Image.Image:
     raise UnsupportedMediaType(f"{other.format} images are not supported; send PNG, JPEG or WebP")
 
 
+@dataclass(frozen=True)
+class ImageHeader:
+    """What the header says, as the decoded image will be (EXIF rotation applied): enough to size."""
+
+    height: int
+    width: int
+    format: str  # png | jpeg | webp
+
+
+_ROTATED = frozenset({5, 6, 7, 8})  # EXIF orientations that swap width and height
+
+
+def _check_pixels(width: int, height: int, max_pixels: int) -> None:
+    if width * height > max_pixels:
+        raise PayloadTooLarge(
+            f"input {width}×{height} = {width * height} pixels exceeds the limit of {max_pixels}",
+            code="input_too_large",
+        )
+
+
+def probe(data: bytes, max_pixels: int) -> ImageHeader:
+    """Read only the header: type, size and orientation, so a job can be sized without decoding.
+
+    Corrupt pixel data behind a valid header passes here and fails in `decode` (a job then fails).
+    """
+    if not data:
+        raise UndecodableImage("the request body is empty")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        im = _open(data)
+        width, height = im.size
+        _check_pixels(width, height, max_pixels)
+        orientation = 1
+        # EXIF already read with the header (PNG may keep it after the pixels: not worth decoding for).
+        raw_exif = im.info.get("exif")
+        if raw_exif:
+            with contextlib.suppress(Exception):  # malformed EXIF: decode() serves it as stored too
+                exif = Image.Exif()
+                exif.load(raw_exif)
+                orientation = int(exif.get(0x0112, 1))
+    if orientation in _ROTATED:
+        width, height = height, width
+    return ImageHeader(height=height, width=width, format=_PIL_TO_FORMAT[im.format])
+
+
 def decode(data: bytes, max_pixels: int) -> DecodedImage:
     """Decode PNG/JPEG/WebP bytes, refusing oversized images before their pixels are decoded."""
     if not data:
@@ -93,11 +138,7 @@ def decode(data: bytes, max_pixels: int) -> DecodedImage:
         warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # our own limit applies below
         im = _open(data)
         width, height = im.size
-        if width * height > max_pixels:
-            raise PayloadTooLarge(
-                f"input {width}×{height} = {width * height} pixels exceeds the limit of {max_pixels}",
-                code="input_too_large",
-            )
+        _check_pixels(width, height, max_pixels)
         fmt = _PIL_TO_FORMAT[im.format]
         icc = im.info.get("icc_profile")
         try:

@@ -23,10 +23,20 @@ from service.errors import ERROR_CODES
 from service.load import LoadSnapshot
 
 NONE = "none"  # method/tier label of a request that ended before a tier was chosen
-OUTCOMES = ("ok", "shed", "client_error", "error")
-SHED_REASONS = ("queue_full", "memory", "deadline", "deadline_expired", "not_ready", "no_model_available")
+OUTCOMES = ("ok", "queued", "shed", "client_error", "error")
+SHED_REASONS = (
+    "queue_full",
+    "memory",
+    "deadline",
+    "deadline_expired",
+    "not_ready",
+    "no_model_available",
+    "queue_unavailable",
+)
+JOB_OUTCOMES = ("succeeded", "failed", "cancelled", "expired", "retried")
 
 _LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 300.0)
+_JOB_AGE_BUCKETS = (0.1, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1200.0, 3600.0)
 _PSNR_BUCKETS = tuple(float(db) for db in range(20, 43))
 _MEGAPIXEL_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 32.0)
 
@@ -101,8 +111,39 @@ class Metrics:
             "GPU memory in use (all processes); 0 without a GPU.",
             registry=r,
         )
+        self.waiting = Gauge(
+            "elasticsr_waiting_requests", "Requests waiting for an inference worker here.", registry=r
+        )
+        # The job queue (shared by every API and worker process with Redis): what autoscaling reads.
         self.queue_depth = Gauge(
-            "elasticsr_queue_depth", "Requests waiting for an inference worker.", registry=r
+            "elasticsr_queue_depth", "Jobs waiting in the job queue, not started yet.", registry=r
+        )
+        self.oldest_job_age = Gauge(
+            "elasticsr_queue_oldest_age_seconds",
+            "Age of the oldest job waiting in the queue (0 if none).",
+            registry=r,
+        )
+        self.job_age = Histogram(
+            "elasticsr_job_age_seconds",
+            "Time from enqueue to a job's first start (its wait in the queue).",
+            buckets=_JOB_AGE_BUCKETS,
+            registry=r,
+        )
+        self.jobs_running = Gauge("elasticsr_jobs_running", "Jobs being rendered now.", registry=r)
+        self.job_workers = Gauge(
+            "elasticsr_job_workers",
+            "Processes taking jobs (Redis: workers seen within the lease).",
+            registry=r,
+        )
+        self.jobs = Counter(
+            "elasticsr_jobs",
+            "Jobs by outcome: each end counted once by the process that ended it; `retried` counts "
+            "restarts after a lost worker.",
+            ["outcome"],
+            registry=r,
+        )
+        self.worker_busy = Counter(
+            "elasticsr_worker_busy_seconds", "Time this process spent running jobs.", registry=r
         )
         self.backlog = Gauge(
             "elasticsr_backlog_seconds", "Predicted compute still owed to admitted requests.", registry=r
@@ -116,7 +157,10 @@ class Metrics:
         self.ready = Gauge("elasticsr_ready", "1 when models are loaded and warmed up.", registry=r)
         for reason in SHED_REASONS:
             self.shed.labels(reason)
+        for outcome in JOB_OUTCOMES:
+            self.jobs.labels(outcome)
         self.requests.labels("ok", "ok")
+        self.requests.labels("queued", "queued")
         self.request_duration.labels(NONE, NONE, "client_error")
         self.request_duration.labels(NONE, NONE, "shed")
 
@@ -136,12 +180,18 @@ class Metrics:
             self.gpu.set(snap.gpu_utilization)
         if snap.gpu_memory_bytes is not None:
             self.gpu_memory.set(snap.gpu_memory_bytes)
-        self.queue_depth.set(snap.queued)
+        self.waiting.set(snap.queued)
         self.backlog.set(snap.backlog_seconds)
 
+    def set_jobs(self, depth: int, running: int, workers: int, oldest_age_seconds: float) -> None:
+        self.queue_depth.set(depth)
+        self.jobs_running.set(running)
+        self.job_workers.set(workers)
+        self.oldest_job_age.set(oldest_age_seconds)
+
     def finish(self, method: str, tier: str, outcome: str, code: str, seconds: float) -> None:
-        """Record a finished request; `code` is `ok` or an error code from the fixed list."""
-        code = code if code == "ok" or code in ERROR_CODES else "other"
+        """Record a finished request; `code` is `ok`, `queued` or an error code from the fixed list."""
+        code = code if code in ("ok", "queued") or code in ERROR_CODES else "other"
         self.request_duration.labels(method, tier, outcome).observe(seconds)
         self.requests.labels(outcome, code).inc()
 

@@ -280,11 +280,18 @@ class Runtime:
         return result, pinned
 
     def decide(
-        self, snapshot: LoadSnapshot, candidates: list[Candidate], need: Need, pinned: bool
+        self,
+        snapshot: LoadSnapshot,
+        candidates: list[Candidate],
+        need: Need,
+        pinned: bool,
+        *,
+        remember: bool = True,
     ) -> Decision:
-        """Apply the pure policy, remembering adaptive choices for hysteresis."""
-        decision = choose(snapshot, candidates, need, self.config, None if pinned else self.previous)
-        if decision.outcome == "run" and not pinned and decision.candidate is not None:
+        """Apply the pure policy; with `remember`, adaptive choices feed the hysteresis of the next."""
+        previous = self.previous if remember and not pinned else None
+        decision = choose(snapshot, candidates, need, self.config, previous)
+        if remember and decision.outcome == "run" and not pinned and decision.candidate is not None:
             self.previous = decision.candidate.key
         return decision
 

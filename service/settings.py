@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated
 
-from pydantic import Field, field_validator
+from pydantic import AliasChoices, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 
@@ -40,7 +40,9 @@ class Policy:
 class Settings(BaseSettings):
     """Service configuration; each field is the environment variable `ELASTICSR_<FIELD>`."""
 
-    model_config = SettingsConfigDict(env_prefix="ELASTICSR_", extra="ignore", frozen=True)
+    model_config = SettingsConfigDict(
+        env_prefix="ELASTICSR_", extra="ignore", frozen=True, populate_by_name=True
+    )
 
     # --- network and models ---
     host: str = Field("127.0.0.1", description="Interface uvicorn binds to.")
@@ -64,7 +66,12 @@ class Settings(BaseSettings):
         2048 * 2048, gt=0, description="Largest decoded input image (width × height)."
     )
     max_output_pixels: int = Field(
-        4096 * 4096, gt=0, description="Largest output answered synchronously (width × height)."
+        2560 * 1440,
+        gt=0,
+        description="Largest output answered synchronously (width × height); larger ones (4K) become jobs.",
+    )
+    max_job_output_pixels: int = Field(
+        7680 * 4320, gt=0, description="Largest output accepted at all, as a queued job (width × height)."
     )
     max_scale: float = Field(30.0, gt=1.0, description="Largest scale factor per axis.")
 
@@ -110,6 +117,37 @@ class Settings(BaseSettings):
         0.5, gt=0.0, description="How often CPU/GPU/memory load is sampled."
     )
 
+    # --- job queue (large outputs and ?async=true) ---
+    redis_url: str = Field(
+        "",
+        validation_alias=AliasChoices("ELASTICSR_REDIS_URL", "REDIS_URL", "redis_url"),
+        description="Redis for the job queue (workers: python -m service.worker); empty = in-process queue.",
+    )
+    job_deadline_ms: float = Field(600000.0, gt=0, description="Deadline of a job that names none.")
+    max_job_deadline_ms: float = Field(3600000.0, gt=0, description="Longest deadline a job may ask for.")
+    max_jobs: int = Field(64, ge=1, description="Jobs allowed to wait in the queue; more are refused (503).")
+    max_result_bytes: int = Field(
+        128 * 1024 * 1024, gt=0, description="Largest encoded job result stored; larger fails the job."
+    )
+    result_ttl_s: float = Field(
+        3600.0, gt=0, description="Seconds a finished job's record and result are kept."
+    )
+    max_stored_bytes: int = Field(
+        1024 * 1024 * 1024,
+        gt=0,
+        description="Bytes of job inputs and results stored at once (in memory, or in Redis); "
+        "the in-process queue drops the oldest finished jobs first, Redis refuses new jobs (503).",
+    )
+    job_lease_s: float = Field(
+        10.0, gt=0, description="Redis: a running job whose worker stops renewing it this long is retried."
+    )
+    job_max_attempts: int = Field(
+        3, ge=1, description="Starts of a job (worker crashes included) before it fails as worker_lost."
+    )
+    worker_metrics_port: int = Field(
+        9100, ge=0, le=65535, description="Port of a worker's Prometheus /metrics; 0 = none."
+    )
+
     # --- inference ---
     workers: int = Field(0, ge=0, description="Parallel inference workers; 0 = 1 on CPU, 2 on GPU.")
     torch_threads: int = Field(0, ge=0, description="Torch intra-op threads; 0 = CPU cores / workers.")
@@ -139,6 +177,14 @@ class Settings(BaseSettings):
     @classmethod
     def _empty_dir_is_default(cls, value: object) -> object:
         return None if value == "" else value
+
+    @model_validator(mode="after")
+    def _job_limits_cover_sync_limits(self) -> Settings:
+        if self.max_job_output_pixels < self.max_output_pixels:
+            raise ValueError("max_job_output_pixels must be at least max_output_pixels")
+        if self.max_job_deadline_ms < self.job_deadline_ms:
+            raise ValueError("max_job_deadline_ms must be at least job_deadline_ms")
+        return self
 
     @property
     def parsed_policy(self) -> Policy:

@@ -1,7 +1,7 @@
 """From the request's scale parameters and the decoded input size to the output size, or a 422.
 
 Pure functions, so every rule (finite, 1 < s ≤ max, one way of asking at a time) is unit-tested
-without HTTP. `execution_mode` is the seam where huge outputs will go to the job queue.
+without HTTP. `execution_mode` decides whether a request is answered in the response or queued.
 """
 
 from __future__ import annotations
@@ -90,14 +90,18 @@ def resolve_output(in_h: int, in_w: int, req: ScaleRequest, max_scale: float) ->
 
 class ExecutionMode(Enum):
     SYNC = "sync"  # answered in the HTTP response
-    # QUEUED = "queued" — the job queue for huge outputs (a later issue) plugs in here.
+    QUEUED = "queued"  # 202 + a job id; a worker renders it (service/jobs)
 
 
-def execution_mode(out: OutputSize, max_output_pixels: int) -> ExecutionMode:
-    """Where a request runs: synchronously, or (for now) refused with 413 when the output is too big."""
-    if out.pixels > max_output_pixels:
+def execution_mode(
+    out: OutputSize, max_sync_pixels: int, max_job_pixels: int, requested_async: bool = False
+) -> ExecutionMode:
+    """Sync up to `max_sync_pixels` unless a job is asked for; a job up to `max_job_pixels`; else 413."""
+    if out.pixels > max_job_pixels:
         raise PayloadTooLarge(
-            f"output {out.width}×{out.height} = {out.pixels} pixels exceeds the limit of {max_output_pixels}",
+            f"output {out.width}×{out.height} = {out.pixels} pixels exceeds the limit of {max_job_pixels}",
             code="output_too_large",
         )
+    if requested_async or out.pixels > max_sync_pixels:
+        return ExecutionMode.QUEUED
     return ExecutionMode.SYNC

@@ -25,21 +25,6 @@ DOCKER = REPO / "docker"
 PROMETHEUS = DEPLOY / "prometheus"
 GRAFANA = DEPLOY / "grafana"
 
-# QUEUE METRICS NOT YET ON MAIN. The job-queue branch (`python -m service.worker`) promises these
-# names and types; until it is merged they cannot be read from the service, so panels and rules may
-# use them by this list alone. Everything else must appear in a real /metrics scrape of the app.
-# Drop this list when the queue branch lands: test_pending_queue_metrics_are_not_exported_yet fails
-# as soon as the service exports any of them, so it cannot outlive its reason silently.
-# (elasticsr_queue_depth, the fourth queue metric, is already exported on main and checked for real.)
-PENDING_QUEUE_METRICS = {
-    "elasticsr_job_age_seconds": "histogram",
-    "elasticsr_jobs_total": "counter",
-    "elasticsr_worker_busy_seconds_total": "counter",
-}
-
-# Settings of the same branch that deploy/ and docker/compose.yaml already pass; dropped with the list above.
-PENDING_QUEUE_SETTINGS = {"ELASTICSR_REDIS_URL", "ELASTICSR_WORKER_METRICS_PORT"}
-
 _SUFFIXES = {"counter": ("_total",), "histogram": ("_bucket", "_sum", "_count"), "gauge": ("",)}
 
 
@@ -96,16 +81,12 @@ def known_settings() -> set[str]:
     """Every ELASTICSR_* variable the service reads (a misspelt one would be silently ignored)."""
     from service.settings import Settings
 
-    return {f"ELASTICSR_{name.upper()}" for name in Settings.model_fields} | PENDING_QUEUE_SETTINGS
+    return {f"ELASTICSR_{name.upper()}" for name in Settings.model_fields}
 
 
 def known_series() -> dict[str, str]:
-    """Exported series plus those of PENDING_QUEUE_METRICS."""
-    series = dict(service_series())
-    for name, kind in PENDING_QUEUE_METRICS.items():
-        base = name.removesuffix("_total")
-        series.update({base + suffix: kind for suffix in _SUFFIXES[kind]})
-    return series
+    """Every series the service exports (API and worker share one Metrics class)."""
+    return dict(service_series())
 
 
 _METRIC = re.compile(r"\belasticsr_[a-z0-9_]+")

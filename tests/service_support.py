@@ -24,6 +24,7 @@ import numpy as np
 import torch
 from fastapi import FastAPI
 from PIL import Image
+from prometheus_client.parser import text_string_to_metric_families
 
 from models import registry
 from models.base import ScalableSR
@@ -150,3 +151,19 @@ def decoded(content: bytes) -> Image.Image:
     image = Image.open(io.BytesIO(content))
     image.load()
     return image
+
+
+def metric(text: str, name: str, **labels: str) -> float:
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
+                return sample.value
+    raise KeyError(name)
+
+
+def corrupt_png(width: int = 16, height: int = 16) -> bytes:
+    """A PNG whose header is valid (so it is queued) and whose pixel data is garbage (so it fails)."""
+    data = bytearray(image_bytes(width, height))
+    start = data.index(b"IDAT") + 4
+    data[start : start + 40] = bytes(range(40))
+    return bytes(data)

@@ -13,12 +13,10 @@ from pathlib import Path
 import pytest
 import yaml
 from deploy_support import (
-    PENDING_QUEUE_METRICS,
     PROMETHEUS,
     known_series,
     referenced_metrics,
     referenced_recordings,
-    service_series,
     tool,
 )
 
@@ -88,17 +86,6 @@ def test_rules_read_only_exported_metrics_and_defined_recordings() -> None:
             referenced_metrics(rule["expr"]) - known.keys(),
         )
         assert referenced_recordings(rule["expr"]) <= recorded, name
-
-
-def test_pending_queue_metrics_are_not_exported_yet() -> None:
-    """PENDING_QUEUE_METRICS exists only until the queue branch lands; then delete it (and this test)."""
-    exported = service_series()
-    for name, kind in PENDING_QUEUE_METRICS.items():
-        series = {name.removesuffix("_total") + s for s in ("", "_total", "_bucket", "_count")}
-        landed = series & exported.keys()
-        assert not landed, (
-            f"{name} ({kind}) is now exported by the service: drop it from PENDING_QUEUE_METRICS"
-        )
 
 
 def test_local_stack_prometheus_config_is_valid() -> None:

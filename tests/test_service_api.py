@@ -212,7 +212,12 @@ async def test_unsatisfiable_requests_are_422_with_their_own_codes(client: httpx
 
 
 async def test_size_limits_are_413() -> None:
-    settings = make_settings(max_body_bytes=3000, max_input_pixels=20 * 20, max_output_pixels=40 * 40)
+    settings = make_settings(
+        max_body_bytes=3000,
+        max_input_pixels=20 * 20,
+        max_output_pixels=40 * 40,
+        max_job_output_pixels=40 * 40,
+    )
     async with served(settings) as (_, client):
         big_body = image_bytes(40, 40)  # ~5 KB of noise
         assert len(big_body) > 3000
@@ -242,7 +247,8 @@ def inject_load(app: FastAPI, snapshot: LoadSnapshot) -> None:
 
 
 async def test_controller_degrades_under_load_and_climbs_back() -> None:
-    async with served(make_settings(methods=["ssrno"])) as (app, client):
+    # No contention term: the idle request must see an idle machine even while other jobs load the CPU.
+    async with served(make_settings(methods=["ssrno"], contention_weight=0.0)) as (app, client):
         runtime = app.state.runtime
         # A slow machine on paper: seconds of predicted compute per tier, gaps of seconds between tiers.
         for t in runtime.methods["ssrno"].tiers:

@@ -76,11 +76,13 @@ def test_bad_scales_are_422(request_: ScaleRequest) -> None:
     assert info.value.status == 422
 
 
-def test_too_large_output_is_413_and_the_rest_is_sync() -> None:
-    out = resolve_output(100, 100, ScaleRequest(scale=10), 30)
-    assert execution_mode(out, max_output_pixels=1_000_000) is ExecutionMode.SYNC
+def test_outputs_are_sync_then_queued_then_413() -> None:
+    out = resolve_output(100, 100, ScaleRequest(scale=10), 30)  # 1 000 000 pixels
+    assert execution_mode(out, 1_000_000, 2_000_000) is ExecutionMode.SYNC
+    assert execution_mode(out, 1_000_000, 2_000_000, requested_async=True) is ExecutionMode.QUEUED
+    assert execution_mode(out, 999_999, 1_000_000) is ExecutionMode.QUEUED
     with pytest.raises(PayloadTooLarge) as info:
-        execution_mode(out, max_output_pixels=999_999)
+        execution_mode(out, 999_999, 999_999)
     assert info.value.code == "output_too_large"
 
 

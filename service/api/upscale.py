@@ -1,24 +1,28 @@
-"""POST /upscale: decode, size, let the controller pick method and tier, infer, encode.
+"""POST /upscale: read, size from the header, then answer the image now or queue a job (202).
 
-Cheap refusals come first (not ready, wrong type, too many bytes), then the image is decoded off
-the event loop, the output size resolved, the controller consulted with a fresh load snapshot,
-and the request admitted to the worker pool. Every exit is counted in the metrics.
+Cheap refusals come first (not ready, wrong type, too many bytes), then the header is read off the
+event loop and the output size resolved. Outputs over `max_output_pixels` (4K and beyond) and
+`?async=true` requests become jobs: planned against the job queue's backlog, stored and answered
+with 202 + Location, so they never hold the sync path. Others are decoded and rendered through the
+same pipeline as jobs (service/pipeline.py) with this process's load. Every exit is counted.
 """
 
 from __future__ import annotations
 
 import math
 import time
+import uuid
 from collections.abc import AsyncGenerator, Callable
-from functools import partial
+from dataclasses import replace
 from typing import Annotated, Literal
 
 import anyio
 from fastapi import APIRouter, Depends, Query, Request, Response
+from fastapi.responses import JSONResponse
 from starlette.formparsers import MultiPartException, MultiPartParser
 
-from service.api.deps import get_load_probe, get_runtime
-from service.controller import Decision, Need, memory_estimate
+from service.api.deps import get_jobs, get_load_probe, get_runtime
+from service.controller import Decision
 from service.errors import (
     ErrorBody,
     InvalidParameter,
@@ -27,11 +31,15 @@ from service.errors import (
     Unavailable,
     UndecodableImage,
 )
-from service.imaging import FORMATS, Encoding, check_media_type, decode, encode
+from service.imaging import FORMATS, ImageHeader, check_media_type, decode
+from service.imaging import probe as probe_header
+from service.jobs.base import JobQueue
+from service.jobs.model import JobRecord, JobView
 from service.load import LoadSnapshot
 from service.metrics import NONE
+from service.pipeline import RenderSpec, plan, render
 from service.runtime import Runtime
-from service.sizing import OutputSize, ScaleRequest, execution_mode, resolve_output
+from service.sizing import ExecutionMode, OutputSize, ScaleRequest, execution_mode, resolve_output
 
 router = APIRouter(tags=["upscale"])
 
@@ -56,6 +64,10 @@ _OPENAPI_BODY = {
     }
 }
 _RESPONSES: dict[int | str, dict] = {
+    202: {
+        "model": JobView,
+        "description": "Queued as a job (large output, or async=true): poll Location (/jobs/{id}).",
+    },
     200: {
         "content": {
             media: {"schema": {"type": "string", "format": "binary"}} for _, media in FORMATS.values()
@@ -71,7 +83,8 @@ _RESPONSES: dict[int | str, dict] = {
     },
     503: {
         "model": ErrorBody,
-        "description": "overloaded, deadline_expired, not_ready, no_model_available (with Retry-After)",
+        "description": "overloaded (jobs: queue_full), deadline_expired, not_ready, no_model_available, "
+        "queue_unavailable (with Retry-After)",
     },
 }
 
@@ -135,6 +148,7 @@ def _finite(name: str, value: float | None) -> float | None:
 async def upscale(
     request: Request,
     runtime: Annotated[Runtime, Depends(get_runtime)],
+    jobs: Annotated[JobQueue, Depends(get_jobs)],
     probe: Annotated[Callable[[], LoadSnapshot], Depends(get_load_probe)],
     scale: Annotated[float | None, Query(description="Factor for both axes, 1 < scale ≤ max_scale.")] = None,
     scale_x: Annotated[float | None, Query(description="Horizontal factor (with scale_y).")] = None,
@@ -147,12 +161,16 @@ async def upscale(
         Query(description="A tier name of the method (pins it: no degradation), or auto (default)."),
     ] = None,
     deadline_ms: Annotated[
-        float | None, Query(description="Latency target; default from the server.")
+        float | None, Query(description="Latency target; default from the server (jobs: job_deadline_ms).")
     ] = None,
     min_quality: Annotated[float | None, Query(description="Floor on the predicted PSNR-Y in dB.")] = None,
     format: Annotated[
         Literal["png", "jpeg", "webp"] | None, Query(description="Output format; default: the input's.")
     ] = None,
+    run_async: Annotated[
+        bool,
+        Query(alias="async", description="Queue a job (202 + Location) even if the output is small enough."),
+    ] = False,
 ) -> Response:
     started = time.monotonic()
     metrics, settings = runtime.metrics, runtime.settings
@@ -165,68 +183,38 @@ async def upscale(
             raise problem
         deadline_ms = _finite("deadline_ms", deadline_ms)
         min_quality = _finite("min_quality", min_quality)
-        deadline_s = (deadline_ms if deadline_ms is not None else settings.default_deadline_ms) / 1000.0
-        if not 0 < deadline_s * 1000 <= settings.max_deadline_ms:
-            raise InvalidParameter(f"deadline_ms must satisfy 0 < deadline_ms ≤ {settings.max_deadline_ms:g}")
 
         data = await read_image_bytes(request, settings.max_body_bytes)
         t_read = time.monotonic()
-        image = await anyio.to_thread.run_sync(decode, data, settings.max_input_pixels)
-        del data
+        header = await anyio.to_thread.run_sync(probe_header, data, settings.max_input_pixels)
         out = resolve_output(
-            image.height,
-            image.width,
+            header.height,
+            header.width,
             ScaleRequest(scale, scale_x, scale_y, width, height),
             settings.max_scale,
         )
-        execution_mode(out, settings.max_output_pixels)
+        mode = execution_mode(out, settings.max_output_pixels, settings.max_job_output_pixels, run_async)
+        spec = RenderSpec(method, tier, min_quality, format)
+        if mode is ExecutionMode.QUEUED:
+            response = await _queue_job(runtime, jobs, probe, data, header, out, spec, deadline_ms, started)
+            metrics.finish(NONE, NONE, "queued", "queued", time.monotonic() - started)
+            return response
+
+        deadline_s = _deadline_seconds(deadline_ms, settings.default_deadline_ms, settings.max_deadline_ms)
+        image = await anyio.to_thread.run_sync(decode, data, settings.max_input_pixels)
+        del data
         t_decoded = time.monotonic()
-
-        candidates, pinned = runtime.candidates(method, tier, (image.height, image.width), out)
-        need = Need(
-            budget_seconds=deadline_s - (t_decoded - started) - runtime.encode_estimate(out.pixels),
-            min_quality_db=min_quality,
-            memory_bytes=memory_estimate(image.height * image.width, out.pixels),
+        rendered = await render(
+            runtime, image, out, spec, deadline_s - (t_decoded - started), probe(), remember=True
         )
-        decision = runtime.decide(probe(), candidates, need, pinned)
-        if decision.outcome == "reject":
-            raise InvalidParameter(decision.message, code=decision.reason)
-        if decision.outcome == "shed" or decision.candidate is None:
-            raise Unavailable(
-                decision.message,
-                code="overloaded",
-                reason=decision.reason,
-                retry_after_s=decision.retry_after_seconds,
-                detail={"reason": decision.reason},
-            )
-        chosen = decision.candidate
-        labels = chosen.key
-        metrics.tier_choices.labels(*labels).inc()
-        metrics.predicted_psnr.labels(*labels).observe(chosen.predicted_psnr_db)
-
-        ticket = runtime.pool.admit(decision.compute_seconds, deadline_at=started + deadline_s)
-        result = await runtime.pool.run(
-            ticket, partial(runtime.infer, chosen.method, chosen.tier, image, (out.height, out.width))
-        )
-        runtime.observe(chosen, result.compute_seconds)
-        metrics.queue_wait.observe(result.wait_seconds)
-        metrics.compute.labels(*labels).observe(result.compute_seconds)
-
-        fmt = format or image.format
-        t_encode = time.monotonic()
-        encoding = Encoding(settings.png_compress_level, settings.jpeg_quality, settings.webp_quality)
-        body = await anyio.to_thread.run_sync(encode, result.value, image, fmt, encoding)
-        encode_s = time.monotonic() - t_encode
-        runtime.observe_encode(encode_s, out.pixels)
-        metrics.output_megapixels.observe(out.pixels / 1e6)
+        labels = rendered.decision.candidate.key if rendered.decision.candidate else labels
         total = time.monotonic() - started
         metrics.finish(*labels, "ok", "ok", total)
     except ServiceError as exc:
         outcome = "shed" if exc.status == 503 else "client_error" if exc.status < 500 else "error"
         if isinstance(exc, Unavailable):
             metrics.shed.labels(exc.reason).inc()
-            labels = (NONE, NONE)
-        metrics.finish(*labels, outcome, exc.code, time.monotonic() - started)
+        metrics.finish(NONE, NONE, outcome, exc.code, time.monotonic() - started)
         raise
     except Exception:
         metrics.finish(*labels, "error", "internal_error", time.monotonic() - started)
@@ -238,13 +226,78 @@ async def upscale(
     timing = {
         "read": t_read - started,
         "decode": t_decoded - t_read,
-        "queue": result.wait_seconds,
-        "compute": result.compute_seconds,
-        "encode": encode_s,
+        "queue": rendered.queue_seconds,
+        "compute": rendered.compute_seconds,
+        "encode": rendered.encode_seconds,
         "total": total,
     }
-    headers = _headers(runtime, decision, out, timing)
-    return Response(body, media_type=FORMATS[fmt][1], headers=headers)
+    headers = _headers(runtime, rendered.decision, out, timing)
+    return Response(rendered.body, media_type=FORMATS[rendered.format][1], headers=headers)
+
+
+def _deadline_seconds(deadline_ms: float | None, default_ms: float, max_ms: float) -> float:
+    value = deadline_ms if deadline_ms is not None else default_ms
+    if not 0 < value <= max_ms:
+        raise InvalidParameter(f"deadline_ms must satisfy 0 < deadline_ms ≤ {max_ms:g}")
+    return value / 1000.0
+
+
+async def _queue_job(
+    runtime: Runtime,
+    jobs: JobQueue,
+    probe: Callable[[], LoadSnapshot],
+    data: bytes,
+    header: ImageHeader,
+    out: OutputSize,
+    spec: RenderSpec,
+    deadline_ms: float | None,
+    started: float,
+) -> Response:
+    """Plan against the job queue's backlog (refusing what cannot make its deadline), store, answer 202."""
+    settings = runtime.settings
+    deadline_s = _deadline_seconds(deadline_ms, settings.job_deadline_ms, settings.max_job_deadline_ms)
+    stats = await jobs.stats()
+    if jobs.local:  # jobs share this process's pool with sync requests
+        base = probe()
+        snapshot = replace(base, queued=base.queued + stats.depth, backlog_seconds=stats.backlog_seconds)
+    else:  # the workers' backlog; their memory and CPU are theirs to check
+        snapshot = LoadSnapshot(
+            queued=stats.depth,
+            running=stats.running,
+            workers=max(1, stats.workers),
+            backlog_seconds=stats.backlog_seconds,
+        )
+    snapshot = replace(snapshot, max_queue=settings.max_jobs + 1)  # the queue enforces its own cap
+    budget_s = deadline_s - (time.monotonic() - started)
+    decision = plan(runtime, (header.height, header.width), out, spec, budget_s, snapshot, remember=False)
+    chosen = decision.candidate
+    assert chosen is not None  # plan() raises otherwise
+    now = time.time()
+    record = JobRecord(
+        id=uuid.uuid4().hex,
+        created_at=now,
+        deadline_at=now + budget_s,
+        method_asked=spec.method,
+        tier_asked=spec.tier,
+        min_quality=spec.min_quality,
+        format=spec.format or header.format,
+        input_bytes=len(data),
+        input_width=header.width,
+        input_height=header.height,
+        output_width=out.width,
+        output_height=out.height,
+        method=chosen.method,
+        tier=chosen.tier,
+        predicted_psnr_db=chosen.predicted_psnr_db,
+        predicted_seconds=decision.compute_seconds,
+    )
+    await jobs.submit(record, data)
+    view = JobView.of(record, settings.result_ttl_s)
+    headers = {
+        "Location": f"/jobs/{record.id}",
+        "Retry-After": str(max(1, math.ceil(decision.total_seconds))),
+    }
+    return JSONResponse(view.model_dump(mode="json"), status_code=202, headers=headers)
 
 
 def _headers(
