@@ -76,10 +76,18 @@ def test_compose_settings_are_ones_the_service_reads() -> None:
 
 
 def test_compose_mounts_exist() -> None:
+    named = set(compose().get("volumes") or {})
     for service in compose()["services"].values():
         for volume in service.get("volumes", []):
             source = volume.split(":")[0]
-            assert (DOCKER / source).resolve().exists(), source
+            assert source in named or (DOCKER / source).resolve().exists(), source
+
+
+def test_compose_redis_keeps_an_append_only_file_on_a_volume() -> None:
+    redis = compose()["services"]["redis"]
+    command = redis["command"]
+    assert command[command.index("--appendonly") + 1] == "yes"
+    assert any(v.endswith(":/data") and v.split(":")[0] in compose()["volumes"] for v in redis["volumes"])
 
 
 def test_docker_compose_accepts_the_file() -> None:
