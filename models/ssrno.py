@@ -31,14 +31,25 @@ class SSRNOWidths:
     decoder: DecoderWidths
 
 
-def energy_rank(matrix: torch.Tensor, eps: float) -> float:
-    """Smallest k/min(m, n) whose top-k singular values hold more than `eps` of Σσ² (1 when eps ≥ 1)."""
+def spectra(matrices: torch.Tensor) -> torch.Tensor:
+    """Singular values (float64, largest first) of a matrix or of each matrix in a batch."""
+    return torch.linalg.svdvals(matrices.detach().double().cpu())
+
+
+def energy_rank_of(s: torch.Tensor, eps: float) -> float:
+    """Smallest k/len(s) whose top-k singular values hold more than `eps` of Σσ² (1 when eps ≥ 1).
+
+    For a batch of spectra, the smallest such fraction over the batch.
+    """
     if eps >= 1.0:
         return 1.0
-    s = torch.linalg.svdvals(matrix.detach().double().cpu())
-    energy = torch.cumsum(s**2, 0) / (s**2).sum()
-    k = int((energy <= eps).sum().item()) + 1
-    return min(1.0, k / min(matrix.shape))
+    energy = torch.cumsum(s**2, -1) / (s**2).sum(-1, keepdim=True)
+    k = int((energy <= eps).sum(-1).min().item()) + 1
+    return min(1.0, k / s.shape[-1])
+
+
+def energy_rank(matrix: torch.Tensor, eps: float) -> float:
+    return energy_rank_of(spectra(matrix), eps)
 
 
 def round_width(full: int, rate: float, min_rate: float, step: int = WIDTH_STEP) -> int:
@@ -48,30 +59,54 @@ def round_width(full: int, rate: float, min_rate: float, step: int = WIDTH_STEP)
     return int(min(full, max(step, steps * step)))
 
 
-def encoder_widths(encoder, eps: float, min_rate: float) -> tuple[int, ...]:
+@dataclass(frozen=True)
+class Spectra:
+    """Singular values of every weight ACRE looks at, computed once per set of weights.
+
+    They do not depend on ε, so every tier's widths come from one SVD pass.
+    encoder: per ResBlock, the spectra of every kernel tap of conv1 and conv2 (taps, channels).
+    decoder: per block, the spectra of q/k/v (3, w), ffn1, ffn2 and the core projection.
+    """
+
+    encoder: tuple[torch.Tensor, ...]
+    decoder: tuple[dict[str, torch.Tensor], ...]
+
+    @classmethod
+    def of(cls, encoder, dec: GalerkinDecoder) -> Spectra:
+        def taps(w: torch.Tensor) -> torch.Tensor:
+            return w.permute(2, 3, 0, 1).reshape(-1, w.shape[0], w.shape[1])
+
+        enc = tuple(
+            spectra(torch.cat([taps(block.conv1.weight), taps(block.conv2.weight)])) for block in encoder.body
+        )
+        w = dec.width
+        blocks = tuple(
+            {
+                "qkv": spectra(dec.qkv[i].weight.reshape(3, w, w)),
+                "ffn1": spectra(dec.ffn1[i].weight),
+                "ffn2": spectra(dec.ffn2[i].weight),
+                "core": spectra(dec.core[i].weight),
+            }
+            for i in range(dec.blocks)
+        )
+        return cls(enc, blocks)
+
+
+def encoder_widths(spec: Spectra, channels: int, eps: float, min_rate: float) -> tuple[int, ...]:
     """Per-ResBlock inner widths: the energy rank over every kernel tap of conv1 and conv2."""
-    widths = []
-    for block in encoder.body:
-        rates = []
-        for conv in (block.conv1, block.conv2):
-            w = conv.weight
-            rates += [energy_rank(w[:, :, i, j], eps) for i in range(w.shape[2]) for j in range(w.shape[3])]
-        widths.append(round_width(encoder.channels, min(rates), min_rate, ENCODER_STEP))
-    return tuple(widths)
+    return tuple(round_width(channels, energy_rank_of(s, eps), min_rate, ENCODER_STEP) for s in spec.encoder)
 
 
-def acre_widths(dec: GalerkinDecoder, eps: float, min_rate: float) -> DecoderWidths:
+def acre_widths(spec: Spectra, dec: GalerkinDecoder, eps: float, min_rate: float) -> DecoderWidths:
     """Per-group widths from the SVD energy of the full-width weights (ACRE)."""
-    w = dec.width
     attn_rates, ffn_rates, trunk_rates = [], [], []
-    for i in range(dec.blocks):
-        q, k, v = dec.qkv[i].weight.reshape(3, w, w)
-        attn_rates.append(min(energy_rank(m, eps) for m in (q, k, v)))
-        ffn_rates.append(min(energy_rank(dec.ffn1[i].weight, eps), energy_rank(dec.ffn2[i].weight, eps)))
-        trunk_rates += [energy_rank(dec.core[i].weight, eps), energy_rank(dec.ffn2[i].weight, eps)]
+    for b in spec.decoder:
+        attn_rates.append(energy_rank_of(b["qkv"], eps))
+        ffn_rates.append(min(energy_rank_of(b["ffn1"], eps), energy_rank_of(b["ffn2"], eps)))
+        trunk_rates += [energy_rank_of(b["core"], eps), energy_rank_of(b["ffn2"], eps)]
     return DecoderWidths(
-        trunk=round_width(w, min(trunk_rates), min_rate),
-        attn=tuple(round_width(w, r, min_rate) for r in attn_rates),
+        trunk=round_width(dec.width, min(trunk_rates), min_rate),
+        attn=tuple(round_width(dec.width, r, min_rate) for r in attn_rates),
         ffn=tuple(round_width(dec.ffn_width, r, min_rate) for r in ffn_rates),
     )
 
@@ -99,10 +134,11 @@ class SSRNO(GalerkinSR):
 
     def _make_tiers(self) -> list[Tier]:
         tiers = []
+        with torch.no_grad():
+            spec = Spectra.of(self.encoder, self.decoder)
         for index, (name, eps_enc, eps_dec) in enumerate(self.TIER_EPS):
-            with torch.no_grad():
-                dec = acre_widths(self.decoder, eps_dec, self.min_rate)
-                widths = SSRNOWidths(encoder_widths(self.encoder, eps_enc, self.min_rate), dec)
+            dec = acre_widths(spec, self.decoder, eps_dec, self.min_rate)
+            widths = SSRNOWidths(encoder_widths(spec, self.encoder.channels, eps_enc, self.min_rate), dec)
             label = (
                 f"eps={eps_enc:g}/{eps_dec:g} encoder={sum(widths.encoder)} trunk={dec.trunk} "
                 f"attn={'/'.join(map(str, dec.attn))} ffn={'/'.join(map(str, dec.ffn))}"

@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# Ship one trained method: export the run as the fp16 checkpoint + manifest, then measure the
+# shipped file's quality on the benchmark sets and merge it into the manifest.
+# Set5 is evaluated whole; Set14 and B100 on their first $LIMIT images (CPU time), which the
+# manifest records per tier as eval_images. Latency is merged later, for all methods in one
+# models.bench run (scripts/ship_bench.sh), so that timings are comparable.
+# Usage: scripts/ship.sh METHOD   (env: LIMIT=5 THREADS=1 BENCH_DIR=../shared/datasets/bench)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+method=$1
+py=${PYTHON:-.venv/bin/python}
+bench=${BENCH_DIR:-../shared/datasets/bench}
+limit=${LIMIT:-5}
+threads=${THREADS:-1}
+mkdir -p runs/eval
+"$py" -m models.export --method "$method" --run "runs/$method"
+"$py" -m models.evaluate --method "$method" --data "$bench/set5" --threads "$threads" \
+    --json "runs/eval/$method-set5.json"
+"$py" -m models.evaluate --method "$method" --data "$bench/set14" "$bench/b100" --limit "$limit" \
+    --threads "$threads" --json "runs/eval/$method-set14-b100.json"
+"$py" -m models.export --method "$method" --eval "runs/eval/$method-set5.json" "runs/eval/$method-set14-b100.json"
