@@ -4,6 +4,8 @@ Limits are checked from the header before pixels are decoded (a 50 KB PNG can ho
 Every input mode becomes RGB for the model; what the model cannot see is kept aside and restored:
 greyscale comes back greyscale (16-bit PNG stays 16-bit), alpha is upscaled bicubically and
 re-attached (PNG/WebP) or flattened onto white (JPEG), EXIF orientation is applied once.
+Animated images are refused (415): one upscaled frame of an animation would be a wrong answer;
+MPO (a JPEG carrying extra pictures) is served as its primary picture.
 """
 
 from __future__ import annotations
@@ -98,7 +100,14 @@ def decode(data: bytes, max_pixels: int) -> DecodedImage:
                 f"input {width}×{height} = {width * height} pixels exceeds the limit of {max_pixels}",
                 code="input_too_large",
             )
-        fmt = _PIL_TO_FORMAT[im.format]
+        # MPO is a JPEG with extra pictures (stereo pairs, depth maps, previews): serve the primary one.
+        fmt = _PIL_TO_FORMAT.get("JPEG" if im.format == "MPO" else im.format or "")
+        if fmt is None:
+            raise UnsupportedMediaType(f"{im.format} images are not supported; send PNG, JPEG or WebP")
+        if im.format != "MPO" and getattr(im, "n_frames", 1) > 1:
+            raise UnsupportedMediaType(
+                f"animated images ({im.n_frames} frames) are not supported; send a single frame"
+            )
         icc = im.info.get("icc_profile")
         try:
             im.load()

@@ -24,7 +24,15 @@ from service.load import LoadSnapshot
 
 NONE = "none"  # method/tier label of a request that ended before a tier was chosen
 OUTCOMES = ("ok", "shed", "client_error", "error")
-SHED_REASONS = ("queue_full", "memory", "deadline", "deadline_expired", "not_ready", "no_model_available")
+SHED_REASONS = (
+    "queue_full",
+    "memory",
+    "deadline",
+    "deadline_expired",
+    "not_ready",
+    "no_model_available",
+    "concurrency",
+)
 
 _LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 300.0)
 _PSNR_BUCKETS = tuple(float(db) for db in range(20, 43))

@@ -16,10 +16,13 @@ from typing import Annotated, Literal
 import anyio
 from fastapi import APIRouter, Depends, Query, Request, Response
 from starlette.formparsers import MultiPartException, MultiPartParser
+from starlette.requests import ClientDisconnect
 
 from service.api.deps import get_load_probe, get_runtime
 from service.controller import Decision, Need, memory_estimate
+from service.disconnect import unless_disconnected
 from service.errors import (
+    ClientClosedRequest,
     ErrorBody,
     InvalidParameter,
     PayloadTooLarge,
@@ -36,6 +39,11 @@ from service.sizing import OutputSize, ScaleRequest, execution_mode, resolve_out
 router = APIRouter(tags=["upscale"])
 
 _MULTIPART_OVERHEAD = 64 * 1024
+# Ranges documented in the schema but checked in the handler (sizing.py), so every refusal is counted
+# in the metrics and worded the same way.
+_ABOVE_ONE = {"exclusiveMinimum": 1}
+_POSITIVE = {"exclusiveMinimum": 0}
+_POSITIVE_INT = {"minimum": 1}
 _IMAGE_BODY = {"schema": {"type": "string", "format": "binary"}}
 _OPENAPI_BODY = {
     "requestBody": {
@@ -72,6 +80,7 @@ _RESPONSES: dict[int | str, dict] = {
     503: {
         "model": ErrorBody,
         "description": "overloaded, deadline_expired, not_ready, no_model_available (with Retry-After)",
+        "headers": {"Retry-After": {"required": True, "schema": {"type": "integer", "minimum": 1}}},
     },
 }
 
@@ -81,11 +90,14 @@ async def _read_limited(request: Request, limit: int) -> bytes:
     if declared.isdigit() and int(declared) > limit:
         raise PayloadTooLarge(f"body of {declared} bytes exceeds the limit of {limit}")
     chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise PayloadTooLarge(f"body exceeds the limit of {limit} bytes")
-        chunks.append(chunk)
+    try:
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit:
+                raise PayloadTooLarge(f"body exceeds the limit of {limit} bytes")
+            chunks.append(chunk)
+    except ClientDisconnect as exc:
+        raise ClientClosedRequest(f"the client disconnected after {size} bytes of the body") from exc
     return b"".join(chunks)
 
 
@@ -136,18 +148,32 @@ async def upscale(
     request: Request,
     runtime: Annotated[Runtime, Depends(get_runtime)],
     probe: Annotated[Callable[[], LoadSnapshot], Depends(get_load_probe)],
-    scale: Annotated[float | None, Query(description="Factor for both axes, 1 < scale ≤ max_scale.")] = None,
-    scale_x: Annotated[float | None, Query(description="Horizontal factor (with scale_y).")] = None,
-    scale_y: Annotated[float | None, Query(description="Vertical factor (with scale_x).")] = None,
-    width: Annotated[int | None, Query(description="Output width in pixels (alone: keeps aspect).")] = None,
-    height: Annotated[int | None, Query(description="Output height in pixels (alone: keeps aspect).")] = None,
+    scale: Annotated[
+        float | None,
+        Query(json_schema_extra=_ABOVE_ONE, description="Factor for both axes, 1 < scale ≤ max_scale."),
+    ] = None,
+    scale_x: Annotated[
+        float | None, Query(json_schema_extra=_ABOVE_ONE, description="Horizontal factor (with scale_y).")
+    ] = None,
+    scale_y: Annotated[
+        float | None, Query(json_schema_extra=_ABOVE_ONE, description="Vertical factor (with scale_x).")
+    ] = None,
+    width: Annotated[
+        int | None,
+        Query(json_schema_extra=_POSITIVE_INT, description="Output width in pixels (alone: keeps aspect)."),
+    ] = None,
+    height: Annotated[
+        int | None,
+        Query(json_schema_extra=_POSITIVE_INT, description="Output height in pixels (alone: keeps aspect)."),
+    ] = None,
     method: Annotated[str | None, Query(description="ssrno, anysr, moeisr, clit, or auto (default).")] = None,
     tier: Annotated[
         str | None,
         Query(description="A tier name of the method (pins it: no degradation), or auto (default)."),
     ] = None,
     deadline_ms: Annotated[
-        float | None, Query(description="Latency target; default from the server.")
+        float | None,
+        Query(json_schema_extra=_POSITIVE, description="Latency target; default from the server."),
     ] = None,
     min_quality: Annotated[float | None, Query(description="Floor on the predicted PSNR-Y in dB.")] = None,
     format: Annotated[
@@ -205,9 +231,8 @@ async def upscale(
         metrics.predicted_psnr.labels(*labels).observe(chosen.predicted_psnr_db)
 
         ticket = runtime.pool.admit(decision.compute_seconds, deadline_at=started + deadline_s)
-        result = await runtime.pool.run(
-            ticket, partial(runtime.infer, chosen.method, chosen.tier, image, (out.height, out.width))
-        )
+        infer = partial(runtime.infer, chosen.method, chosen.tier, image, (out.height, out.width))
+        result = await unless_disconnected(request, runtime.pool.run(ticket, infer))
         runtime.observe(chosen, result.compute_seconds)
         metrics.queue_wait.observe(result.wait_seconds)
         metrics.compute.labels(*labels).observe(result.compute_seconds)
