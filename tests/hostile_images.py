@@ -141,7 +141,7 @@ def cases() -> list[Hostile]:
         Hostile("1x1", image_bytes(1, 1), size=(2, 2)),
         Hostile("1x1 at scale 30", image_bytes(1, 1), query="scale=30", size=(30, 30)),
         Hostile("1x1024", image_bytes(1, 1024), size=(2, 2048)),
-        Hostile("1024x1", image_bytes(1024, 1), query="scale_x=1.5&scale_y=30", size=(1536, 30)),
+        Hostile("1024x1", image_bytes(1024, 1), query="scale_x=1.5&scale_y=3", size=(1536, 3)),
         Hostile("scale just above 1", png, query="scale=1.0001", size=(8, 8)),
         Hostile("scale at max", image_bytes(4, 4), query="scale=30", size=(120, 120)),
         Hostile("scale above max", png, query="scale=30.0001", status=422, code="invalid_parameter"),
