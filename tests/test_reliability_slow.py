@@ -16,7 +16,7 @@ from live_server import RssSampler, live_server
 from overload import assert_overload_contract, run_overload
 from service_support import image_bytes
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(1800)]
 MIB = 1 << 20
 
 
