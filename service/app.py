@@ -17,6 +17,7 @@ from fastapi import FastAPI
 from service import errors
 from service.api import jobs as jobs_api
 from service.api import models, ops, upscale
+from service.guard import OPENAPI_RESPONSES, Guard, GuardMiddleware
 from service.jobs.base import JobQueue, maintain_forever
 from service.jobs.execute import JobExecutor
 from service.jobs.inprocess import InProcessQueue
@@ -73,9 +74,12 @@ def create_app(settings: Settings | None = None, *, loader: Loader = default_loa
     app = FastAPI(title="ElasticSR", version="0.1.0", description=DESCRIPTION, lifespan=lifespan)
     app.state.settings = settings
     app.state.metrics = metrics
+    app.state.draining = False  # set on SIGTERM (service/lifecycle.py): /readyz turns 503 first
+    app.state.guard = Guard(settings, metrics)
+    app.add_middleware(GuardMiddleware, guard=app.state.guard)
     errors.install(app)
-    app.include_router(upscale.router)
-    app.include_router(jobs_api.router)
-    app.include_router(models.router)
+    app.include_router(upscale.router, responses=OPENAPI_RESPONSES)
+    app.include_router(jobs_api.router, responses=OPENAPI_RESPONSES)
+    app.include_router(models.router, responses=OPENAPI_RESPONSES)
     app.include_router(ops.router)
     return app

@@ -103,6 +103,40 @@ class Unavailable(ServiceError):
         return {"Retry-After": str(max(1, math.ceil(self.retry_after_s)))}
 
 
+class Unauthorized(ServiceError):
+    """401: API keys are configured and the request carries none."""
+
+    status, code = 401, "missing_api_key"
+
+    def headers(self) -> dict[str, str]:
+        return {"WWW-Authenticate": 'Bearer realm="elasticsr"'}
+
+
+class Forbidden(ServiceError):
+    """403: the request carries a key that is not one of the configured API keys."""
+
+    status, code = 403, "invalid_api_key"
+
+
+class RateLimited(ServiceError):
+    """429 with `Retry-After`: this client sent more than its share."""
+
+    status, code = 429, "rate_limited"
+
+    def __init__(self, message: str, *, retry_after_s: float) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+    def headers(self) -> dict[str, str]:
+        return {"Retry-After": str(max(1, math.ceil(self.retry_after_s)))}
+
+
+class ClientClosedRequest(ServiceError):
+    """499 (nginx's convention): the client went away; nobody reads this answer, metrics count it."""
+
+    status, code = 499, "client_closed_request"
+
+
 # Codes answered by the API, for documentation and bounded metric labels.
 ERROR_CODES = {
     "undecodable_image": 400,
@@ -111,6 +145,10 @@ ERROR_CODES = {
     "input_too_large": 413,
     "output_too_large": 413,
     "unsupported_media_type": 415,
+    "missing_api_key": 401,
+    "invalid_api_key": 403,
+    "rate_limited": 429,
+    "client_closed_request": 499,
     "invalid_parameter": 422,
     "missing_file": 422,
     "deadline_unachievable": 422,

@@ -4,6 +4,8 @@ Limits are checked from the header before pixels are decoded (a 50 KB PNG can ho
 Every input mode becomes RGB for the model; what the model cannot see is kept aside and restored:
 greyscale comes back greyscale (16-bit PNG stays 16-bit), alpha is upscaled bicubically and
 re-attached (PNG/WebP) or flattened onto white (JPEG), EXIF orientation is applied once.
+Animated images are refused (415): one upscaled frame of an animation would be a wrong answer;
+MPO (a JPEG carrying extra pictures) is served as its primary picture.
 """
 
 from __future__ import annotations
@@ -105,6 +107,19 @@ def _check_pixels(width: int, height: int, max_pixels: int) -> None:
         )
 
 
+def _format_of(im: Image.Image) -> str:
+    """Our format name for an opened image; 415 for types and animations we do not serve."""
+    # MPO is a JPEG with extra pictures (stereo pairs, depth maps, previews): serve the primary one.
+    fmt = _PIL_TO_FORMAT.get("JPEG" if im.format == "MPO" else im.format or "")
+    if fmt is None:
+        raise UnsupportedMediaType(f"{im.format} images are not supported; send PNG, JPEG or WebP")
+    if im.format != "MPO" and getattr(im, "n_frames", 1) > 1:
+        raise UnsupportedMediaType(
+            f"animated images ({im.n_frames} frames) are not supported; send a single frame"
+        )
+    return fmt
+
+
 def probe(data: bytes, max_pixels: int) -> ImageHeader:
     """Read only the header: type, size and orientation, so a job can be sized without decoding.
 
@@ -127,7 +142,7 @@ def probe(data: bytes, max_pixels: int) -> ImageHeader:
                 orientation = int(exif.get(0x0112, 1))
     if orientation in _ROTATED:
         width, height = height, width
-    return ImageHeader(height=height, width=width, format=_PIL_TO_FORMAT[im.format])
+    return ImageHeader(height=height, width=width, format=_format_of(im))
 
 
 def decode(data: bytes, max_pixels: int) -> DecodedImage:
@@ -139,7 +154,7 @@ def decode(data: bytes, max_pixels: int) -> DecodedImage:
         im = _open(data)
         width, height = im.size
         _check_pixels(width, height, max_pixels)
-        fmt = _PIL_TO_FORMAT[im.format]
+        fmt = _format_of(im)
         icc = im.info.get("icc_profile")
         try:
             im.load()

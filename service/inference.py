@@ -10,6 +10,7 @@ answering it late would only make everyone behind it late too.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import time
 from collections.abc import Callable
@@ -83,26 +84,56 @@ class InferencePool:
         self._running.discard(ticket)
 
     async def run(self, ticket: Ticket, fn: Callable[[], T]) -> RunResult:
-        """Wait for a worker, then run `fn` on it; raises Unavailable if the deadline passed meanwhile."""
+        """Wait for a worker, then run `fn` on it; raises Unavailable if the deadline passed meanwhile.
+
+        Cancelling the caller (its client left) frees its place in line at once, but a worker that
+        has started cannot be interrupted: its slot is given back when the thread really finishes,
+        so the pool never runs more than `workers` jobs and its bookkeeping stays true.
+        """
         if self._slots is None:
             self._slots = asyncio.Semaphore(self.workers)
         try:
-            async with self._slots:
-                now = time.monotonic()
-                wait = now - ticket.admitted_at
-                if now >= ticket.deadline_at:
-                    raise Unavailable(
-                        f"the deadline passed after {wait * 1000:.0f} ms in the queue",
-                        code="deadline_expired",
-                        retry_after_s=self.backlog_seconds() / self.workers,
-                    )
-                self._queued.discard(ticket)
-                ticket.started_at = now
-                self._running.add(ticket)
-                value = await asyncio.get_running_loop().run_in_executor(self._executor, fn)
-                return RunResult(value, wait, time.monotonic() - now)
-        finally:
+            await self._slots.acquire()
+        except BaseException:
             self.release(ticket)
+            raise
+        handed_off = False
+        try:
+            now = time.monotonic()
+            wait = now - ticket.admitted_at
+            if now >= ticket.deadline_at:
+                raise Unavailable(
+                    f"the deadline passed after {wait * 1000:.0f} ms in the queue",
+                    code="deadline_expired",
+                    retry_after_s=self.backlog_seconds() / self.workers,
+                )
+            self._queued.discard(ticket)
+            ticket.started_at = now
+            self._running.add(ticket)
+            loop = asyncio.get_running_loop()
+            future = self._executor.submit(fn)
+            handed_off = True
+            future.add_done_callback(lambda _: self._finished_soon(loop, ticket))
+            value = await asyncio.wrap_future(future)
+            return RunResult(value, wait, time.monotonic() - now)
+        finally:
+            if not handed_off:
+                self._finished(ticket)
+
+    def _finished_soon(self, loop: asyncio.AbstractEventLoop, ticket: Ticket) -> None:
+        """From the worker thread: hand the slot back on the event loop (which owns the bookkeeping)."""
+        with contextlib.suppress(RuntimeError):  # the loop is already closed at shutdown
+            loop.call_soon_threadsafe(self._finished, ticket)
+
+    def _finished(self, ticket: Ticket) -> None:
+        self.release(ticket)
+        assert self._slots is not None
+        self._slots.release()
+
+    @property
+    def free_slots(self) -> int:
+        """Workers idle now (for tests and leak checks)."""
+        return self.workers if self._slots is None else self._slots._value
 
     def run_blocking(self, fn: Callable[[], T]) -> T:
         """Run on a worker thread from outside the event loop (warm-up)."""

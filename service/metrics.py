@@ -32,6 +32,7 @@ SHED_REASONS = (
     "not_ready",
     "no_model_available",
     "queue_unavailable",
+    "concurrency",
 )
 JOB_OUTCOMES = ("succeeded", "failed", "cancelled", "expired", "retried")
 

@@ -20,6 +20,7 @@ import anyio
 from service.controller import Decision, Need, memory_estimate
 from service.errors import InvalidParameter, Unavailable
 from service.imaging import DecodedImage, Encoding, encode
+from service.inference import RunResult
 from service.load import LoadSnapshot
 from service.runtime import Runtime
 from service.sizing import OutputSize
@@ -95,11 +96,13 @@ async def render(
     *,
     remember: bool,
     on_chosen: Callable[[Decision], Awaitable[None]] | None = None,
+    watch: Callable[[Awaitable[RunResult]], Awaitable[RunResult]] | None = None,
 ) -> Rendered:
     """Plan, infer on the pool (dropped if the budget runs out while waiting), learn, encode.
 
     `on_chosen` runs after the decision and before the model: jobs record their tier there (and
-    may raise to stop a cancelled job before it costs anything).
+    may raise to stop a cancelled job before it costs anything). `watch` wraps the pool's work,
+    e.g. to abandon it when a sync client disconnects (service/disconnect.py).
     """
     started = time.monotonic()
     decision = plan(
@@ -114,9 +117,10 @@ async def render(
         await on_chosen(decision)
 
     ticket = runtime.pool.admit(decision.compute_seconds, deadline_at=started + budget_seconds)
-    result = await runtime.pool.run(
+    work = runtime.pool.run(
         ticket, partial(runtime.infer, chosen.method, chosen.tier, image, (out.height, out.width))
     )
+    result = await (watch(work) if watch is not None else work)
     runtime.observe(chosen, result.compute_seconds)
     metrics.queue_wait.observe(result.wait_seconds)
     metrics.compute.labels(*chosen.key).observe(result.compute_seconds)

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated
 
-from pydantic import AliasChoices, Field, field_validator, model_validator
+from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 
@@ -74,6 +74,33 @@ class Settings(BaseSettings):
         7680 * 4320, gt=0, description="Largest output accepted at all, as a queued job (width × height)."
     )
     max_scale: float = Field(30.0, gt=1.0, description="Largest scale factor per axis.")
+    max_concurrent_requests: int = Field(
+        64, ge=0, description="Upscale requests handled at once (upload included); more get 503; 0 = off."
+    )
+
+    # --- clients (the service faces the internet behind an ingress) ---
+    api_keys: Annotated[list[SecretStr], NoDecode] = Field(
+        default_factory=list,
+        description="Comma-separated API keys; when set, /upscale and /models need one (X-API-Key/Bearer).",
+    )
+    rate_limit_per_s: float = Field(
+        0.0, ge=0.0, description="Sustained requests per second per client (API key or address); 0 = off."
+    )
+    rate_limit_burst: int = Field(
+        0, ge=0, description="Requests a client may send at once above the rate; 0 = max(1, the rate)."
+    )
+    trust_forwarded_for: bool = Field(
+        False,
+        description="Take the client address from X-Forwarded-For (only behind a proxy that sets it).",
+    )
+
+    # --- shutdown ---
+    drain_seconds: float = Field(
+        5.0, ge=0.0, description="After SIGTERM, /readyz answers 503 this long before the listener closes."
+    )
+    graceful_timeout_s: float = Field(
+        60.0, gt=0.0, description="After draining, how long in-flight requests may take before cancellation."
+    )
 
     # --- controller ---
     default_deadline_ms: float = Field(30000.0, gt=0, description="Deadline of a request that names none.")
@@ -166,6 +193,13 @@ class Settings(BaseSettings):
     def _split_methods(cls, value: object) -> object:
         if isinstance(value, str):
             return [m.strip() for m in value.split(",") if m.strip()]
+        return value
+
+    @field_validator("api_keys", mode="before")
+    @classmethod
+    def _split_keys(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [k.strip() for k in value.split(",") if k.strip()]
         return value
 
     @field_validator("policy")

@@ -25,10 +25,17 @@ async def healthz() -> dict[str, str]:
 @router.get(
     "/readyz",
     summary="Readiness: checkpoints loaded and warmed up",
-    responses={503: {"model": ErrorBody, "description": "Still loading, or no checkpoint could be loaded."}},
+    responses={
+        503: {
+            "model": ErrorBody,
+            "description": "Still loading, no checkpoint could be loaded, or shutting down (draining).",
+        }
+    },
 )
 async def readyz(request: Request) -> Any:
     runtime = getattr(request.app.state, "runtime", None)
+    if getattr(request.app.state, "draining", False):  # shutting down: the balancer should look elsewhere
+        return error_response(503, "not_ready", "the service is shutting down", {"state": "draining"})
     if runtime is not None and runtime.ready:
         return {"status": "ready", "methods": list(runtime.methods), "failed": runtime.failures}
     problem = runtime.unavailable() if runtime is not None else None

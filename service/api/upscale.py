@@ -14,16 +14,20 @@ import time
 import uuid
 from collections.abc import AsyncGenerator, Callable
 from dataclasses import replace
+from functools import partial
 from typing import Annotated, Literal
 
 import anyio
 from fastapi import APIRouter, Depends, Query, Request, Response
 from fastapi.responses import JSONResponse
 from starlette.formparsers import MultiPartException, MultiPartParser
+from starlette.requests import ClientDisconnect
 
 from service.api.deps import get_jobs, get_load_probe, get_runtime
 from service.controller import Decision
+from service.disconnect import unless_disconnected
 from service.errors import (
+    ClientClosedRequest,
     ErrorBody,
     InvalidParameter,
     PayloadTooLarge,
@@ -44,6 +48,11 @@ from service.sizing import ExecutionMode, OutputSize, ScaleRequest, execution_mo
 router = APIRouter(tags=["upscale"])
 
 _MULTIPART_OVERHEAD = 64 * 1024
+# Ranges documented in the schema but checked in the handler (sizing.py), so every refusal is counted
+# in the metrics and worded the same way.
+_ABOVE_ONE = {"exclusiveMinimum": 1}
+_POSITIVE = {"exclusiveMinimum": 0}
+_POSITIVE_INT = {"minimum": 1}
 _IMAGE_BODY = {"schema": {"type": "string", "format": "binary"}}
 _OPENAPI_BODY = {
     "requestBody": {
@@ -85,6 +94,7 @@ _RESPONSES: dict[int | str, dict] = {
         "model": ErrorBody,
         "description": "overloaded (jobs: queue_full), deadline_expired, not_ready, no_model_available, "
         "queue_unavailable (with Retry-After)",
+        "headers": {"Retry-After": {"required": True, "schema": {"type": "integer", "minimum": 1}}},
     },
 }
 
@@ -94,11 +104,14 @@ async def _read_limited(request: Request, limit: int) -> bytes:
     if declared.isdigit() and int(declared) > limit:
         raise PayloadTooLarge(f"body of {declared} bytes exceeds the limit of {limit}")
     chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise PayloadTooLarge(f"body exceeds the limit of {limit} bytes")
-        chunks.append(chunk)
+    try:
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit:
+                raise PayloadTooLarge(f"body exceeds the limit of {limit} bytes")
+            chunks.append(chunk)
+    except ClientDisconnect as exc:
+        raise ClientClosedRequest(f"the client disconnected after {size} bytes of the body") from exc
     return b"".join(chunks)
 
 
@@ -150,18 +163,35 @@ async def upscale(
     runtime: Annotated[Runtime, Depends(get_runtime)],
     jobs: Annotated[JobQueue, Depends(get_jobs)],
     probe: Annotated[Callable[[], LoadSnapshot], Depends(get_load_probe)],
-    scale: Annotated[float | None, Query(description="Factor for both axes, 1 < scale ≤ max_scale.")] = None,
-    scale_x: Annotated[float | None, Query(description="Horizontal factor (with scale_y).")] = None,
-    scale_y: Annotated[float | None, Query(description="Vertical factor (with scale_x).")] = None,
-    width: Annotated[int | None, Query(description="Output width in pixels (alone: keeps aspect).")] = None,
-    height: Annotated[int | None, Query(description="Output height in pixels (alone: keeps aspect).")] = None,
+    scale: Annotated[
+        float | None,
+        Query(json_schema_extra=_ABOVE_ONE, description="Factor for both axes, 1 < scale ≤ max_scale."),
+    ] = None,
+    scale_x: Annotated[
+        float | None, Query(json_schema_extra=_ABOVE_ONE, description="Horizontal factor (with scale_y).")
+    ] = None,
+    scale_y: Annotated[
+        float | None, Query(json_schema_extra=_ABOVE_ONE, description="Vertical factor (with scale_x).")
+    ] = None,
+    width: Annotated[
+        int | None,
+        Query(json_schema_extra=_POSITIVE_INT, description="Output width in pixels (alone: keeps aspect)."),
+    ] = None,
+    height: Annotated[
+        int | None,
+        Query(json_schema_extra=_POSITIVE_INT, description="Output height in pixels (alone: keeps aspect)."),
+    ] = None,
     method: Annotated[str | None, Query(description="ssrno, anysr, moeisr, clit, or auto (default).")] = None,
     tier: Annotated[
         str | None,
         Query(description="A tier name of the method (pins it: no degradation), or auto (default)."),
     ] = None,
     deadline_ms: Annotated[
-        float | None, Query(description="Latency target; default from the server (jobs: job_deadline_ms).")
+        float | None,
+        Query(
+            json_schema_extra=_POSITIVE,
+            description="Latency target; default from the server (jobs: job_deadline_ms).",
+        ),
     ] = None,
     min_quality: Annotated[float | None, Query(description="Floor on the predicted PSNR-Y in dB.")] = None,
     format: Annotated[
@@ -205,7 +235,14 @@ async def upscale(
         del data
         t_decoded = time.monotonic()
         rendered = await render(
-            runtime, image, out, spec, deadline_s - (t_decoded - started), probe(), remember=True
+            runtime,
+            image,
+            out,
+            spec,
+            deadline_s - (t_decoded - started),
+            probe(),
+            remember=True,
+            watch=partial(unless_disconnected, request),
         )
         labels = rendered.decision.candidate.key if rendered.decision.candidate else labels
         total = time.monotonic() - started
