@@ -1,7 +1,7 @@
 """The front door: optional API keys, a per-client rate limit and a cap on concurrent upscales.
 
 Plain ASGI middleware in front of the routers, so a refusal costs no body read, no decode and no
-thread. Only the API routes (`/upscale`, `/models`) are guarded; probes, metrics and the OpenAPI
+thread. Only the API routes (`/upscale`, `/jobs`, `/models`) are guarded; probes, metrics and the OpenAPI
 document stay open (keep `/metrics` off the public ingress). Keys are compared in constant time
 and never logged: a client holding a key is identified as `key<N>` (its position in the list).
 """
@@ -29,7 +29,7 @@ from service.settings import Settings
 
 log = logging.getLogger(__name__)
 
-GUARDED_PATHS = ("/upscale", "/models")
+GUARDED_PATHS = ("/upscale", "/models", "/jobs")
 _RETRY_AFTER = {
     "Retry-After": {"description": "Seconds to wait before retrying.", "schema": {"type": "integer"}}
 }

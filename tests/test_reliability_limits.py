@@ -76,10 +76,13 @@ async def test_api_keys_401_403_and_both_ways_of_sending_one(caplog: pytest.LogC
         basic = {**PNG, "authorization": f"Basic {KEYS[0]}"}
         assert (await client.post(f"/upscale?{CHEAP}", content=body, headers=basic)).status_code == 401
         assert (await client.get("/models")).status_code == 401
+        assert (await client.get("/jobs/anything")).status_code == 401  # job status and results too
+        assert (await client.delete("/jobs/anything", headers={"x-api-key": "nope"})).status_code == 403
         for headers in ({"x-api-key": KEYS[0]}, {"authorization": f"Bearer {KEYS[1]}"}):
             response = await client.post(f"/upscale?{CHEAP}", content=body, headers={**PNG, **headers})
             assert response.status_code == 200, response.text
             assert (await client.get("/models", headers=headers)).status_code == 200
+            assert (await client.get("/jobs/anything", headers=headers)).status_code == 404
         for open_path in ("/healthz", "/readyz", "/metrics", "/openapi.json"):
             assert (await client.get(open_path)).status_code == 200, open_path
         assert metric(app, "elasticsr_requests_total", outcome="client_error", code="missing_api_key") == 2
