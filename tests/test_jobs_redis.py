@@ -289,3 +289,42 @@ async def test_sigterm_lets_the_worker_finish_its_job_then_exit(
         assert worker.process.wait(timeout=120) == 0, worker.log.read_text()
         view = (await client.get(location)).json()
         assert view["state"] == "succeeded" and view["attempts"] == 1, view
+
+
+async def test_redis_away_at_start_and_mid_run_only_async_suffers_and_it_recovers(tmp_path: Path) -> None:
+    server = RedisServer(tmp_path)  # not started yet: the API must come up without it
+
+    async def sync_ok(client: httpx.AsyncClient) -> None:
+        response = await client.post(f"/upscale?scale=2&{CHEAP}", content=image_bytes(8, 8), headers=PNG)
+        assert response.status_code == 200, response.text
+        assert decoded(response.content).size == (16, 16)
+
+    async def async_refused(client: httpx.AsyncClient) -> None:
+        response = await client.post(
+            f"/upscale?async=true&scale=2&{CHEAP}", content=image_bytes(8, 8), headers=PNG
+        )
+        assert response.status_code == 503, response.text
+        assert response.json()["code"] == "queue_unavailable"
+        assert int(response.headers["retry-after"]) >= 1
+
+    try:
+        async with api(server) as client:
+            await sync_ok(client)
+            await async_refused(client)
+
+            server.start()  # Redis arrives: async requests are accepted, no restart of the API
+            location = await submit(client, image_bytes(8, 8))
+            assert (await client.get(location)).json()["state"] == "queued"
+
+            server.kill()  # Redis goes away mid-run
+            await sync_ok(client)
+            await async_refused(client)
+            assert (await client.get(location)).status_code == 503
+
+            server.start()  # back, from its append-only file: the accepted job is still there
+            view = await poll(client, location, lambda v: True)
+            assert view["state"] == "queued"
+            await submit(client, image_bytes(6, 6))
+    finally:
+        if server.process is not None and server.process.poll() is None:
+            server.kill()

@@ -249,9 +249,19 @@ class RedisQueue(JobQueue):
 
     @classmethod
     async def connect(cls, settings: Settings, metrics: Metrics) -> RedisQueue:
-        pool = await create_pool(
-            RedisSettings.from_dsn(settings.redis_url), retry=2, default_queue_name=default_queue_name
-        )
+        """Connect, or start without Redis: the sync path must serve while Redis is away.
+
+        When Redis cannot be reached now, the client connects lazily on its first call; until Redis
+        is back every queue call answers 503 `queue_unavailable` and maintenance keeps retrying.
+        """
+        try:
+            pool = await create_pool(
+                RedisSettings.from_dsn(settings.redis_url), retry=2, default_queue_name=default_queue_name
+            )
+        except (RedisError, OSError) as exc:
+            log.warning("job queue (Redis) unreachable at start, will retry on use: %s", exc)
+            pool = ArqRedis.from_url(settings.redis_url, encoding="utf8")
+            pool.default_queue_name = default_queue_name
         return cls(settings, metrics, pool)
 
     @property
