@@ -2,67 +2,20 @@
 
 from __future__ import annotations
 
-import os
 import shutil
-import signal
-import socket
 import subprocess
-import sys
-import time
 from collections.abc import Iterator
 
 import httpx
 import pytest
-from service_support import checkpoint_dir, decoded, image_bytes
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from live_server import live_server
+from service_support import decoded, image_bytes
 
 
 @pytest.fixture(scope="module")
 def server() -> Iterator[str]:
-    port = free_port()
-    env = {
-        **os.environ,
-        "ELASTICSR_PORT": str(port),
-        "ELASTICSR_CHECKPOINT_DIR": str(checkpoint_dir()),
-        "ELASTICSR_METHODS": "ssrno",
-        "ELASTICSR_DEVICE": "cpu",
-        "ELASTICSR_TORCH_THREADS": "1",
-        "ELASTICSR_WARMUP_SIZE": "8",
-        "ELASTICSR_LOG_LEVEL": "warning",
-    }
-    process = subprocess.Popen(
-        [sys.executable, "-m", "service"],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
-            assert process.poll() is None, process.stdout.read() if process.stdout else "server exited"
-            try:
-                if httpx.get(f"{base}/readyz", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            time.sleep(0.2)
-        else:
-            pytest.fail("server did not become ready in 120 s")
-        yield base
-    finally:
-        process.send_signal(signal.SIGINT)
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+    with live_server(log_level="warning") as running:
+        yield running.base
 
 
 def test_real_server_upscales(server: str) -> None:
