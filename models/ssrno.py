@@ -48,10 +48,6 @@ def energy_rank_of(s: torch.Tensor, eps: float) -> float:
     return min(1.0, k / s.shape[-1])
 
 
-def energy_rank(matrix: torch.Tensor, eps: float) -> float:
-    return energy_rank_of(spectra(matrix), eps)
-
-
 def round_width(full: int, rate: float, min_rate: float, step: int = WIDTH_STEP) -> int:
     """rate·full rounded up to `step`, within [min_rate·full, full]."""
     rate = max(rate, min_rate)
