@@ -24,7 +24,7 @@ from models.manifest import tier_entry
 
 Key = tuple[str, str]  # (method, tier)
 
-# Manifest timings are for a 128×128 input (see models/manifest.py).
+# Manifest timings are for a square input whose side the manifest records (128 by convention).
 _MANIFEST_LR_SIDE = 128
 # Requests smaller than this measure overhead more than throughput.
 MIN_LEARNING_GMACS = 0.25
@@ -39,7 +39,8 @@ def prior_from_manifest(manifest: dict[str, Any], tier: str) -> float | None:
         return None
     latency, macs = entry.get("cpu_latency_ms", {}), entry.get("macs_per_output_pixel", {})
     for scale in sorted(set(latency) & set(macs), key=float):
-        out_side = round(_MANIFEST_LR_SIDE * float(scale))
+        side = manifest.get("cpu_latency_measured", {}).get("lr_size", _MANIFEST_LR_SIDE)
+        out_side = round(side * float(scale))
         gmacs = float(macs[scale]) * out_side * out_side / 1e9
         if gmacs > 0 and float(latency[scale]) > 0:
             return float(latency[scale]) / 1000.0 / gmacs
