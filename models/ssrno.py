@@ -143,10 +143,19 @@ class SSRNO(GalerkinSR):
         return tiers
 
     def sample_training_knob(self, scale: float, rng: random.Random) -> SSRNOWidths:
-        """Random widths for every group (full width a quarter of the time) — INN-style training."""
+        """Widths for one training step, INN-style with the sandwich rule.
+
+        A quarter of the steps train the full width, a third train the current widths of one of
+        the narrower tiers (ACRE's choice moves with the weights, so it is read afresh), and the
+        rest random widths per group. Random widths alone rarely hit the tiers' exact widths,
+        which left a richer tier below a cheaper one.
+        """
         full = self.decoder.full_widths()
-        if rng.random() < 0.25:
+        draw = rng.random()
+        if draw < 0.25:
             return SSRNOWidths(self.encoder.full_inner(), full)
+        if draw < 0.6:
+            return rng.choice(self.tiers()[:-1]).knob
 
         def pick(n: int) -> int:
             low = round_width(n, self.min_rate, self.min_rate)

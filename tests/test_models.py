@@ -185,6 +185,18 @@ def test_ssrno_acre_widths_grow_with_epsilon(built_models) -> None:
     assert widths[-1].encoder == built_models["ssrno"].encoder.full_inner()
 
 
+def test_ssrno_training_draws_include_every_narrow_tier(built_models) -> None:
+    """Sandwich rule: the narrow tiers' exact widths are trained, not only random ones."""
+    import random
+
+    model = built_models["ssrno"]
+    rng = random.Random(0)
+    draws = [model.sample_training_knob(2.0, rng) for _ in range(200)]
+    tiers = model.tiers()
+    for tier in tiers:
+        assert any(d == tier.knob for d in draws), tier.name
+    assert any(all(d != t.knob for t in tiers) for d in draws)  # random widths still drawn
+
 def test_large_scales_and_cell_clamp(built_models, lr_image) -> None:
     """×30 works and stays memory-bounded through chunking (smoke: one small image)."""
     model = built_models["clit"]
