@@ -197,6 +197,7 @@ def test_ssrno_training_draws_include_every_narrow_tier(built_models) -> None:
         assert any(d == tier.knob for d in draws), tier.name
     assert any(all(d != t.knob for t in tiers) for d in draws)  # random widths still drawn
 
+
 def test_large_scales_and_cell_clamp(built_models, lr_image) -> None:
     """×30 works and stays memory-bounded through chunking (smoke: one small image)."""
     model = built_models["clit"]
