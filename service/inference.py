@@ -3,8 +3,10 @@
 A dedicated thread pool of `workers` threads runs the models (torch releases the GIL, so threads
 suffice); an asyncio semaphore of the same size orders the waiting requests (FIFO). Every admitted
 request carries its predicted compute time, so the pool always knows its backlog in seconds.
-A request whose deadline has passed by the time a worker frees up is dropped instead of run:
-answering it late would only make everyone behind it late too.
+When a worker frees up, a request that can no longer finish its predicted compute before its
+deadline is not run as planned: a `fallback` may swap in cheaper work that still fits (the
+controller's choice for the time left), otherwise it is dropped. Starting it anyway would answer
+late and make everyone behind it late too.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ import asyncio
 import contextlib
 import itertools
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -30,10 +32,14 @@ class Ticket:
     """An admitted request's place in line."""
 
     predicted_seconds: float
-    deadline_at: float  # time.monotonic() by which it should finish
+    deadline_at: float  # time.monotonic() by which its compute should finish
     admitted_at: float = field(default_factory=time.monotonic)
     started_at: float | None = None
     id: int = 0
+
+
+# Cheaper work for the time left before a ticket's deadline: (predicted seconds, callable), or None.
+Fallback = Callable[[float], Awaitable[tuple[float, Callable[[], Any]] | None]]
 
 
 @dataclass(frozen=True)
@@ -83,12 +89,13 @@ class InferencePool:
         self._queued.discard(ticket)
         self._running.discard(ticket)
 
-    async def run(self, ticket: Ticket, fn: Callable[[], T]) -> RunResult:
-        """Wait for a worker, then run `fn` on it; raises Unavailable if the deadline passed meanwhile.
+    async def run(self, ticket: Ticket, fn: Callable[[], T], fallback: Fallback | None = None) -> RunResult:
+        """Wait for a worker, then run `fn` (or the fallback's cheaper work) on it.
 
-        Cancelling the caller (its client left) frees its place in line at once, but a worker that
-        has started cannot be interrupted: its slot is given back when the thread really finishes,
-        so the pool never runs more than `workers` jobs and its bookkeeping stays true.
+        Raises Unavailable (`deadline_expired`) when neither fits the time left. Cancelling the
+        caller (its client left) frees its place in line at once, but a worker that has started
+        cannot be interrupted: its slot is given back when the thread really finishes, so the pool
+        never runs more than `workers` jobs and its bookkeeping stays true.
         """
         if self._slots is None:
             self._slots = asyncio.Semaphore(self.workers)
@@ -101,12 +108,18 @@ class InferencePool:
         try:
             now = time.monotonic()
             wait = now - ticket.admitted_at
-            if now >= ticket.deadline_at:
-                raise Unavailable(
-                    f"the deadline passed after {wait * 1000:.0f} ms in the queue",
-                    code="deadline_expired",
-                    retry_after_s=self.backlog_seconds() / self.workers,
-                )
+            left = ticket.deadline_at - now
+            if ticket.predicted_seconds > left:
+                late = await fallback(left) if fallback is not None and left > 0 else None
+                if late is None:
+                    raise Unavailable(
+                        f"after {wait * 1000:.0f} ms in the queue the request can no longer finish "
+                        "before its deadline",
+                        code="deadline_expired",
+                        retry_after_s=self.backlog_seconds() / self.workers,
+                    )
+                ticket.predicted_seconds, fn = late
+                now = time.monotonic()
             self._queued.discard(ticket)
             ticket.started_at = now
             self._running.add(ticket)

@@ -75,6 +75,12 @@ class Metrics:
             ["method", "tier"],
             registry=r,
         )
+        self.late_downgrades = Counter(
+            "elasticsr_late_downgrades_total",
+            "Requests re-planned to this tier: their first choice no longer fit when a worker freed up.",
+            ["method", "tier"],
+            registry=r,
+        )
         self.predicted_psnr = Histogram(
             "elasticsr_predicted_psnr_db",
             "Manifest-predicted PSNR-Y (dB) of the chosen tier at the request's scale.",
@@ -171,6 +177,7 @@ class Metrics:
             self.request_duration.labels(method, tier, "ok")
             self.compute.labels(method, tier)
             self.tier_choices.labels(method, tier)
+            self.late_downgrades.labels(method, tier)
             self.predicted_psnr.labels(method, tier)
 
     def set_load(self, snap: LoadSnapshot) -> None:

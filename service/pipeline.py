@@ -12,13 +12,14 @@ from __future__ import annotations
 
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import partial
 
 import anyio
+import torch
 
-from service.controller import Decision, Need, memory_estimate
-from service.errors import InvalidParameter, Unavailable
+from service.controller import Candidate, Decision, Need, memory_estimate
+from service.errors import InvalidParameter, ServiceError, Unavailable
 from service.imaging import DecodedImage, Encoding, encode
 from service.inference import RunResult
 from service.load import LoadSnapshot
@@ -98,16 +99,18 @@ async def render(
     on_chosen: Callable[[Decision], Awaitable[None]] | None = None,
     watch: Callable[[Awaitable[RunResult]], Awaitable[RunResult]] | None = None,
 ) -> Rendered:
-    """Plan, infer on the pool (dropped if the budget runs out while waiting), learn, encode.
+    """Plan, infer on the pool, learn, encode.
 
-    `on_chosen` runs after the decision and before the model: jobs record their tier there (and
+    The plan is made at admission; if the request then waits so long that its tier no longer fits
+    the time left, it is re-planned as on an idle machine (a cheaper tier that still fits) or
+    dropped (503 `deadline_expired`) rather than answered late.
+    `on_chosen` runs after each decision and before the model: jobs record their tier there (and
     may raise to stop a cancelled job before it costs anything). `watch` wraps the pool's work,
     e.g. to abandon it when a sync client disconnects (service/disconnect.py).
     """
     started = time.monotonic()
-    decision = plan(
-        runtime, (image.height, image.width), out, spec, budget_seconds, snapshot, remember=remember
-    )
+    lr_size = (image.height, image.width)
+    decision = plan(runtime, lr_size, out, spec, budget_seconds, snapshot, remember=remember)
     chosen = decision.candidate
     assert chosen is not None  # plan() raises otherwise
     metrics = runtime.metrics
@@ -116,11 +119,31 @@ async def render(
     if on_chosen is not None:
         await on_chosen(decision)
 
-    ticket = runtime.pool.admit(decision.compute_seconds, deadline_at=started + budget_seconds)
-    work = runtime.pool.run(
-        ticket, partial(runtime.infer, chosen.method, chosen.tier, image, (out.height, out.width))
-    )
-    result = await (watch(work) if watch is not None else work)
+    encode_estimate = runtime.encode_estimate(out.pixels)
+
+    def work(candidate: Candidate) -> Callable[[], torch.Tensor]:
+        return partial(runtime.infer, candidate.method, candidate.tier, image, (out.height, out.width))
+
+    async def downgrade(seconds_left: float) -> tuple[float, Callable[[], torch.Tensor]] | None:
+        nonlocal decision
+        idle = replace(runtime.snapshot(), queued=0, running=0, backlog_seconds=0.0)
+        try:
+            late = plan(runtime, lr_size, out, spec, seconds_left + encode_estimate, idle, remember=False)
+        except ServiceError:
+            return None
+        assert late.candidate is not None
+        if on_chosen is not None:
+            await on_chosen(late)
+        metrics.late_downgrades.labels(*late.candidate.key).inc()
+        decision = late
+        return late.compute_seconds, work(late.candidate)
+
+    deadline_at = started + budget_seconds - encode_estimate  # compute must end by then
+    ticket = runtime.pool.admit(decision.compute_seconds, deadline_at=deadline_at)
+    running = runtime.pool.run(ticket, work(chosen), downgrade)
+    result = await (watch(running) if watch is not None else running)
+    chosen = decision.candidate
+    assert chosen is not None
     runtime.observe(chosen, result.compute_seconds)
     metrics.queue_wait.observe(result.wait_seconds)
     metrics.compute.labels(*chosen.key).observe(result.compute_seconds)
