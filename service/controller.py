@@ -2,7 +2,9 @@
 
 For every candidate (method, tier) the predicted latency is
 
-    wait    = backlog of admitted compute / workers   (0 when a worker is free and nobody queues)
+    wait    = backlog of admitted compute / workers × wait correction
+              (0 when a worker is free and nobody queues; the correction is the measured ratio of
+              real to predicted waits: hand-offs between jobs and predictions made low by load)
     compute = overhead + request GMACs × tier's seconds per GMAC × contention factor
     total   = wait + compute
 
@@ -107,7 +109,7 @@ def expected_wait(snapshot: LoadSnapshot) -> float:
     """Seconds a request admitted now waits for a worker."""
     if snapshot.queued == 0 and snapshot.running < snapshot.workers:
         return 0.0
-    return snapshot.backlog_seconds / max(1, snapshot.workers)
+    return snapshot.backlog_seconds / max(1, snapshot.workers) * snapshot.wait_correction
 
 
 def choose(

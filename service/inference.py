@@ -3,6 +3,12 @@
 A dedicated thread pool of `workers` threads runs the models (torch releases the GIL, so threads
 suffice); an asyncio semaphore of the same size orders the waiting requests (FIFO). Every admitted
 request carries its predicted compute time, so the pool always knows its backlog in seconds.
+
+Predictions stray: on a saturated machine each hand-off between jobs goes through a busy event
+loop, and queued work was predicted at lighter load. So the pool measures how real waits and
+compute times compare with their predictions (service/misprediction.py) and offers two factors,
+each the mean ratio plus `deviations` mean deviations: `wait_correction`, which the controller
+multiplies into its wait prediction, and `compute_margin`, which the start-time check applies.
 When a worker frees up, a request that can no longer finish its predicted compute before its
 deadline is not run as planned: a `fallback` may swap in cheaper work that still fits (the
 controller's choice for the time left), otherwise it is dropped. Starting it anyway would answer
@@ -23,8 +29,13 @@ from typing import Any, TypeVar
 import torch
 
 from service.errors import Unavailable
+from service.misprediction import RatioEstimate
 
 T = TypeVar("T")
+
+# Shorter waits and computes measure scheduling noise more than prediction error.
+MIN_LEARNING_WAIT_SECONDS = 0.05
+MIN_LEARNING_COMPUTE_SECONDS = 0.02
 
 
 @dataclass(eq=False)
@@ -33,12 +44,14 @@ class Ticket:
 
     predicted_seconds: float
     deadline_at: float  # time.monotonic() by which its compute should finish
+    predicted_wait: float = 0.0  # before the pool's wait correction
     admitted_at: float = field(default_factory=time.monotonic)
     started_at: float | None = None
     id: int = 0
 
 
-# Cheaper work for the time left before a ticket's deadline: (predicted seconds, callable), or None.
+# Cheaper work for the time left before a ticket's deadline (already divided by the compute
+# margin): (predicted seconds, callable), or None when nothing fits.
 Fallback = Callable[[float], Awaitable[tuple[float, Callable[[], Any]] | None]]
 
 
@@ -52,8 +65,11 @@ class RunResult:
 class InferencePool:
     """`workers` parallel inference slots with a FIFO line in front of them."""
 
-    def __init__(self, workers: int, torch_threads: int) -> None:
+    def __init__(self, workers: int, torch_threads: int, deviations: float = 2.0) -> None:
         self.workers = workers
+        self.deviations = deviations
+        self.wait_error = RatioEstimate()
+        self.compute_error = RatioEstimate()
         torch.set_num_threads(torch_threads)  # process-wide intra-op pool, shared by the workers
         self._executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="elasticsr-infer")
         self._slots: asyncio.Semaphore | None = None  # created on the serving loop
@@ -70,6 +86,16 @@ class InferencePool:
     def running(self) -> int:
         return len(self._running)
 
+    @property
+    def wait_correction(self) -> float:
+        """Factor for predicted waits: measured ÷ predicted, mean plus `deviations` deviations."""
+        return self.wait_error.bound(self.deviations)
+
+    @property
+    def compute_margin(self) -> float:
+        """Factor for predicted compute times, likewise."""
+        return self.compute_error.bound(self.deviations)
+
     def backlog_seconds(self, now: float | None = None) -> float:
         """Predicted compute still owed: all of each queued job, the rest of each running one."""
         now = time.monotonic() if now is None else now
@@ -79,9 +105,14 @@ class InferencePool:
         return owed
 
     # --- serving ----------------------------------------------------------------------------------
-    def admit(self, predicted_seconds: float, deadline_at: float) -> Ticket:
-        """Reserve a place in line now (synchronously, right after the decision, so no race)."""
-        ticket = Ticket(predicted_seconds, deadline_at, id=next(self._ids))
+    def admit(self, predicted_seconds: float, deadline_at: float, predicted_wait: float = 0.0) -> Ticket:
+        """Reserve a place in line now (synchronously, right after the decision, so no race).
+
+        `predicted_wait` is the controller's (corrected) wait for this request; the pool learns
+        from how long it really waits.
+        """
+        raw_wait = predicted_wait / self.wait_correction
+        ticket = Ticket(predicted_seconds, deadline_at, raw_wait, id=next(self._ids))
         self._queued.add(ticket)
         return ticket
 
@@ -108,9 +139,12 @@ class InferencePool:
         try:
             now = time.monotonic()
             wait = now - ticket.admitted_at
+            if ticket.predicted_wait >= MIN_LEARNING_WAIT_SECONDS:
+                self.wait_error.observe(ticket.predicted_wait, wait)
+            margin = self.compute_margin
             left = ticket.deadline_at - now
-            if ticket.predicted_seconds > left:
-                late = await fallback(left) if fallback is not None and left > 0 else None
+            if ticket.predicted_seconds * margin > left:
+                late = await fallback(left / margin) if fallback is not None and left > 0 else None
                 if late is None:
                     raise Unavailable(
                         f"after {wait * 1000:.0f} ms in the queue the request can no longer finish "
@@ -128,7 +162,10 @@ class InferencePool:
             handed_off = True
             future.add_done_callback(lambda _: self._finished_soon(loop, ticket))
             value = await asyncio.wrap_future(future)
-            return RunResult(value, wait, time.monotonic() - now)
+            compute = time.monotonic() - now
+            if ticket.predicted_seconds >= MIN_LEARNING_COMPUTE_SECONDS:
+                self.compute_error.observe(ticket.predicted_seconds, compute)
+            return RunResult(value, wait, compute)
         finally:
             if not handed_off:
                 self._finished(ticket)

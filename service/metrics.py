@@ -161,6 +161,16 @@ class Metrics:
             ["method", "tier"],
             registry=r,
         )
+        self.wait_correction = Gauge(
+            "elasticsr_wait_correction_ratio",
+            "Factor on predicted queue waits: measured ÷ predicted, mean + k mean deviations.",
+            registry=r,
+        )
+        self.compute_margin = Gauge(
+            "elasticsr_compute_margin_ratio",
+            "Factor on predicted compute when a request starts: measured ÷ predicted, mean + k deviations.",
+            registry=r,
+        )
         self.ready = Gauge("elasticsr_ready", "1 when models are loaded and warmed up.", registry=r)
         for reason in SHED_REASONS:
             self.shed.labels(reason)
@@ -190,6 +200,8 @@ class Metrics:
             self.gpu_memory.set(snap.gpu_memory_bytes)
         self.waiting.set(snap.queued)
         self.backlog.set(snap.backlog_seconds)
+        self.wait_correction.set(snap.wait_correction)
+        self.compute_margin.set(snap.compute_margin)
 
     def set_jobs(self, depth: int, running: int, workers: int, oldest_age_seconds: float) -> None:
         self.queue_depth.set(depth)

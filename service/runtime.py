@@ -69,7 +69,7 @@ class Runtime:
         self.policy = settings.parsed_policy
         self.device = settings.resolved_device()
         workers = settings.resolved_workers(self.device)
-        self.pool = InferencePool(workers, settings.resolved_threads(workers))
+        self.pool = InferencePool(workers, settings.resolved_threads(workers), settings.prediction_deviations)
         self.latency = LatencyModel(
             settings.latency_ewma_alpha, settings.default_seconds_per_gmac, settings.overhead_ms / 1000.0
         )
@@ -201,6 +201,8 @@ class Runtime:
             workers=self.pool.workers,
             max_queue=self.settings.max_queue,
             backlog_seconds=self.pool.backlog_seconds(),
+            wait_correction=self.pool.wait_correction,
+            compute_margin=self.pool.compute_margin,
         )
 
     def snapshot(self) -> LoadSnapshot:

@@ -118,6 +118,12 @@ class Settings(BaseSettings):
         description="Fraction of the deadline only the cheapest tier may use, so that a spike degrades "
         "quality before it misses deadlines.",
     )
+    prediction_deviations: float = Field(
+        2.0,
+        ge=0.0,
+        description="Plan with measured ÷ predicted time as its mean plus this many mean deviations "
+        "(wait and compute), so that accepted requests meet their deadline in the tail too.",
+    )
     contention_weight: float = Field(
         1.0,
         ge=0.0,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+from dataclasses import replace
 
 import pytest
 
@@ -58,6 +59,16 @@ def test_wait_is_shared_by_the_workers() -> None:
     snap = LoadSnapshot(workers=4, running=4, queued=2, backlog_seconds=4.0)
     assert expected_wait(snap) == pytest.approx(1.0)
     assert expected_wait(LoadSnapshot(workers=2, running=1, queued=0, backlog_seconds=3.0)) == 0.0
+
+
+def test_measured_wait_correction_scales_the_wait_and_the_choice() -> None:
+    snap = LoadSnapshot(workers=1, running=1, queued=2, backlog_seconds=1.0, wait_correction=1.5)
+    assert expected_wait(snap) == pytest.approx(1.5)
+    need = Need(budget_seconds=2.0)
+    # Backlog 0.5 s: X (1.0 s) fits as predicted; once waits are known to run 2.4× long it does not.
+    assert picked(choose(busy(0.5), CANDIDATES, need)) == ("ssrno", "X")
+    corrected = choose(replace(busy(0.5), wait_correction=2.4), CANDIDATES, need)
+    assert picked(corrected) == ("anysr", "w1") and corrected.wait_seconds == pytest.approx(1.2)
 
 
 def test_impossible_under_load_is_shed_with_retry_after() -> None:

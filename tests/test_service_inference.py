@@ -143,3 +143,26 @@ async def test_a_request_delayed_past_its_plan_is_served_by_a_cheaper_tier() -> 
         text = (await client.get("/metrics")).text
         assert metric(text, "elasticsr_late_downgrades_total", method="ssrno", tier="M") == 1
         assert metric(text, "elasticsr_tier_choices_total", method="ssrno", tier="X") == 1
+
+
+async def test_the_pool_learns_how_much_longer_than_predicted_requests_wait_and_run() -> None:
+    pool = InferencePool(workers=1, torch_threads=1, deviations=2.0)
+    far = time.monotonic() + 60
+    try:
+        quick = pool.admit(0.0, far, predicted_wait=0.01)  # too short a wait and compute to learn from
+        await pool.run(quick, lambda: None)
+        assert (pool.wait_error.samples, pool.compute_error.samples) == (0, 0)
+        assert pool.wait_correction == pool.compute_margin == 1.0
+        late = pool.admit(0.05, far, predicted_wait=0.1)
+        await asyncio.sleep(0.3)  # waits 3× longer than predicted, computes 4× longer
+        await pool.run(late, lambda: time.sleep(0.2))
+        assert pool.wait_error.samples == pool.compute_error.samples == 1
+        assert pool.wait_error.mean > 1.2 and pool.wait_correction > pool.wait_error.mean  # + spread
+        assert pool.compute_margin > 1.5
+        # A prediction made with the correction is judged before it: the pool records the raw one.
+        before = pool.wait_error.mean
+        ticket = pool.admit(0.0, far, predicted_wait=0.2 * pool.wait_correction)
+        assert ticket.predicted_wait == pytest.approx(0.2)
+        assert pool.wait_error.mean == before
+    finally:
+        pool.shutdown()
