@@ -142,3 +142,133 @@ def assert_overload_contract(report: LoadReport, figures: dict) -> None:
     assert figures["p99_ok_ms"] <= 1.5 * DEADLINE_MS, figures
     assert figures["rss_peak_mib"] - figures["rss_baseline_mib"] < 256, figures
     assert figures["recovered"], figures
+
+
+@dataclass
+class JobsReport:
+    """Async jobs offered open-loop: what was accepted and how every accepted job ended."""
+
+    offered_per_s: float
+    submitted: int = 0
+    accepted: list[str] = field(default_factory=list)
+    refused: dict[str, int] = field(default_factory=dict)  # code of each non-202 answer
+    ended: dict[str, str] = field(default_factory=dict)  # job id -> terminal state
+    results_ok: int = 0  # succeeded jobs whose result downloaded as an image of the right size
+    seconds_to_drain: float = 0.0
+
+    @property
+    def lost(self) -> list[str]:
+        """Accepted jobs that never reached a terminal state (or vanished)."""
+        return [j for j in self.accepted if j not in self.ended]
+
+    def summary(self) -> dict:
+        states: dict[str, int] = {}
+        for state in self.ended.values():
+            states[state] = states.get(state, 0) + 1
+        return {
+            "offered_per_s": round(self.offered_per_s, 2),
+            "submitted": self.submitted,
+            "accepted_202": len(self.accepted),
+            "refused": dict(sorted(self.refused.items())),
+            "ended": dict(sorted(states.items())),
+            "results_ok": self.results_ok,
+            "jobs_lost": len(self.lost),
+            "drain_s": round(self.seconds_to_drain, 1),
+        }
+
+
+TERMINAL_JOB_STATES = ("succeeded", "failed", "cancelled", "expired")
+
+
+async def open_loop_jobs(
+    base: str, rate_per_s: float, seconds: float, deadline_ms: float, api_key: str | None = None
+) -> JobsReport:
+    """Submit `?async=true` jobs at `rate_per_s` for `seconds`, then follow every accepted one to its end.
+
+    Waits at most the jobs' deadline plus a minute after the last submission; whatever has not
+    ended by then counts as lost.
+    """
+    report = JobsReport(rate_per_s)
+    headers = _headers(api_key)
+    query = f"{QUERY}&async=true&deadline_ms={deadline_ms:g}"
+    limits = httpx.Limits(max_connections=500, max_keepalive_connections=100)
+    async with httpx.AsyncClient(base_url=base, timeout=120, limits=limits) as client:
+
+        async def submit() -> None:
+            response = await client.post(f"/upscale?{query}", content=BODY, headers=headers)
+            if response.status_code == 202:
+                report.accepted.append(response.json()["id"])
+            else:
+                code = f"{response.status_code} {response.json().get('code')}"
+                report.refused[code] = report.refused.get(code, 0) + 1
+
+        start = time.monotonic()
+        tasks = []
+        for i in range(int(rate_per_s * seconds)):
+            delay = start + i / rate_per_s - time.monotonic()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            tasks.append(asyncio.ensure_future(submit()))
+        await asyncio.gather(*tasks)
+        report.submitted = len(tasks)
+
+        submitted_at = time.monotonic()
+        give_up = submitted_at + deadline_ms / 1000 + 60
+        pending = list(report.accepted)
+        while pending and time.monotonic() < give_up:
+            still = []
+            for job_id in pending:
+                view = await client.get(f"/jobs/{job_id}", headers=headers)
+                state = view.json().get("state") if view.status_code == 200 else None
+                if state in TERMINAL_JOB_STATES:
+                    report.ended[job_id] = state
+                    if state == "succeeded":
+                        result = await client.get(f"/jobs/{job_id}/result", headers=headers)
+                        report.results_ok += result.status_code == 200 and _is_doubled_image(result.content)
+                else:
+                    still.append(job_id)
+            pending = still
+            if pending:
+                await asyncio.sleep(0.5)
+        report.seconds_to_drain = time.monotonic() - submitted_at
+    return report
+
+
+def _is_doubled_image(content: bytes) -> bool:
+    from io import BytesIO
+
+    from PIL import Image
+
+    with Image.open(BytesIO(content)) as image:
+        return image.size == (48, 48)  # BODY is 24×24, QUERY asks ×2
+
+
+JOB_DEADLINE_MS = 30000.0
+
+
+def run_jobs_overload(
+    server: LiveServer, seconds: float, api_key: str | None = None
+) -> tuple[JobsReport, dict]:
+    """Offer async jobs at 5× the sync capacity for `seconds`; RSS throughout; every job followed."""
+    capacity = asyncio.run(capacity_per_s(server.base, DEADLINE_MS, api_key))
+    baseline = server.rss()
+    with RssSampler(server, interval=0.2) as rss:
+        report = asyncio.run(open_loop_jobs(server.base, 5 * capacity, seconds, JOB_DEADLINE_MS, api_key))
+    figures = {
+        "capacity_per_s": round(capacity, 2),
+        **report.summary(),
+        "rss_baseline_mib": baseline // MIB,
+        "rss_peak_mib": rss.peak // MIB,
+        "rss_end_mib": server.rss() // MIB,
+    }
+    return report, figures
+
+
+def assert_jobs_contract(report: JobsReport, figures: dict) -> None:
+    """No accepted job lost; refusals are 503 with a reason; succeeded jobs have their result."""
+    assert report.accepted, figures
+    assert report.lost == [], figures
+    assert set(report.refused) <= {"503 overloaded"}, figures  # queue full: 503 with Retry-After
+    succeeded = sum(state == "succeeded" for state in report.ended.values())
+    assert report.results_ok == succeeded > 0, figures
+    assert figures["rss_peak_mib"] - figures["rss_baseline_mib"] < 256, figures

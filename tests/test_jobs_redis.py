@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import shutil
 import signal
@@ -22,6 +23,8 @@ from pathlib import Path
 import httpx
 import pytest
 import redis
+from live_server import live_server
+from overload import assert_jobs_contract, run_jobs_overload
 from service_support import checkpoint_dir, corrupt_png, decoded, image_bytes, make_settings, metric, served
 
 pytestmark = [
@@ -328,3 +331,38 @@ async def test_redis_away_at_start_and_mid_run_only_async_suffers_and_it_recover
     finally:
         if server.process is not None and server.process.poll() is None:
             server.kill()
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+async def test_jobs_at_five_times_capacity_with_a_worker_killed_none_lost(
+    redis_server: RedisServer, workers: list[WorkerProcess], tmp_path: Path
+) -> None:
+    """Open-loop async jobs at 5× capacity for ELASTICSR_OVERLOAD_SECONDS (60) against a uvicorn API
+    and two workers; one worker is SIGKILLed halfway and replaced. Every accepted job must end."""
+    seconds = float(os.environ.get("ELASTICSR_OVERLOAD_SECONDS", "60"))
+    first, second = (start_worker(redis_server, tmp_path, workers, n) for n in ("a", "b"))
+    await asyncio.gather(first.ready(), second.ready())
+
+    async def kill_and_replace() -> None:
+        await asyncio.sleep(seconds / 2)
+        first.process.kill()
+        await start_worker(redis_server, tmp_path, workers, "c").ready()
+
+    with live_server(redis_url=redis_server.url, job_lease_s=str(LEASE_S), max_jobs="32") as server:
+        chaos = asyncio.ensure_future(kill_and_replace())
+        report, figures = await asyncio.to_thread(run_jobs_overload, server, seconds)
+        await chaos
+    texts = [await w.metrics() for w in workers[1:]]  # the survivors
+    retried = sum(metric(text, "elasticsr_jobs_total", outcome="retried") for text in texts)
+    print(
+        json.dumps(
+            {
+                "redis_jobs_overload_seconds": seconds,
+                "worker_killed": True,
+                **figures,
+                "retried_by_survivors": retried,
+            }
+        )
+    )
+    assert_jobs_contract(report, figures)

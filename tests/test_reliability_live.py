@@ -13,7 +13,7 @@ import httpx
 import pytest
 from hostile_images import cases
 from live_server import LiveServer, RssSampler, live_server
-from overload import assert_overload_contract, run_overload
+from overload import assert_jobs_contract, assert_overload_contract, run_jobs_overload, run_overload
 from service_support import decoded, image_bytes
 
 KEY = "live-key-3c9d0e1f"
@@ -89,6 +89,13 @@ def test_overload_at_five_times_capacity_sheds_and_recovers(server: LiveServer) 
     assert report.count(503) > 0  # it did shed ...
     assert report.count(200) > 0  # ... while still serving
     assert_overload_contract(report, figures)
+
+
+def test_async_jobs_at_five_times_capacity_none_lost(server: LiveServer) -> None:
+    """Short version (5 s) of the slow test: every accepted job ends and its result downloads."""
+    report, figures = run_jobs_overload(server, seconds=5.0, api_key=KEY)
+    print(json.dumps(figures))
+    assert_jobs_contract(report, figures)
 
 
 @pytest.mark.anyio

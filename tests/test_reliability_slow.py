@@ -13,7 +13,7 @@ import httpx
 import pytest
 from hostile_images import jpeg_bomb, png_bomb
 from live_server import RssSampler, live_server
-from overload import assert_overload_contract, run_overload
+from overload import assert_jobs_contract, assert_overload_contract, run_jobs_overload, run_overload
 from service_support import image_bytes
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(1800)]
@@ -28,6 +28,16 @@ def test_overload_60s_at_five_times_capacity() -> None:
     print(json.dumps({"overload_seconds": seconds, **figures}))
     assert report.count(503) > 0 and report.count(200) > 0
     assert_overload_contract(report, figures)
+
+
+def test_async_jobs_at_five_times_capacity_none_lost() -> None:
+    """The in-process queue under open-loop job submissions: every accepted job ends and is fetched."""
+    seconds = float(os.environ.get("ELASTICSR_OVERLOAD_SECONDS", "60"))
+    with live_server(max_jobs="32") as server:
+        report, figures = run_jobs_overload(server, seconds=seconds)
+        assert server.process.poll() is None
+    print(json.dumps({"jobs_overload_seconds": seconds, **figures}))
+    assert_jobs_contract(report, figures)
 
 
 def _soak_requests() -> list[tuple[str, bytes, str]]:
