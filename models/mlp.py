@@ -17,8 +17,8 @@ class MLP(nn.Module):
         layers: list[nn.Module] = []
         for i in range(depth):
             layers.append(nn.Linear(dims[i], dims[i + 1]))
-            if i < depth - 1:
-                layers.append(act())
+            if i < depth - 1:  # in place where possible: a Linear's output is not needed for its backward
+                layers.append(act(inplace=True) if act is nn.ReLU else act())
         self.net = nn.Sequential(*layers)
         self.macs_per_query = sum(dims[i] * dims[i + 1] for i in range(depth))
 

@@ -8,7 +8,9 @@ Gumbel-softmax; inference routes by argmax.
 The expert budget is our knob (the paper has none): subtracting λ·cost from the mapper's logits
 moves pixels to lighter experts monotonically in λ, and per image we take the smallest λ whose
 routing keeps the mean expert cost (over the output pixels' actual use of each LR pixel) within
-`budget` × the heaviest expert's cost. Lower budget, never more MACs.
+`budget` × the heaviest expert's cost. Lower budget, never more MACs. A budget below the lightest
+expert's cost (the cheapest tier, b0) gives every pixel the lightest expert, so the mapper is not
+run at all.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from models.registry import register
 from models.tiers import Tier
 
 BALANCE_WEIGHT = 1 / 3000  # the paper's β/α
+BISECTION_STEPS = 24  # λ to 2^-24 of its range: far finer than any two experts' logit gap
 
 
 @dataclass(frozen=True)
@@ -42,7 +45,8 @@ class TrainRouting:
 class MoEState:
     feat: torch.Tensor  # (B, C, h, w)
     route: torch.Tensor  # (B, J, h*w) one-hot (straight-through in training)
-    logits: torch.Tensor  # (B, J, h, w)
+    logits: torch.Tensor | None  # (B, J, h, w); None when the budget skipped the mapper
+    pick: torch.Tensor | None = None  # (B, h*w) expert index at inference
 
 
 def axis_usage(n: int, out: int, device) -> torch.Tensor:
@@ -77,7 +81,7 @@ def budget_routing(
             gaps = cost[:, None] - cost[None, :]
             hi = float((lg.max() - lg.min()) / gaps[gaps > 0].min()) + 1.0
             lo = 0.0
-            for _ in range(40):
+            for _ in range(BISECTION_STEPS):
                 mid = (lo + hi) / 2
                 if mean_cost(mid)[0] <= budget:
                     hi = mid
@@ -93,7 +97,7 @@ class MoEISR(ScalableSR):
     """EDSR-baseline + 5-layer CNN mapper + experts of depth 2/3/4/5; knob = expert budget."""
 
     DEPTHS = (2, 3, 4, 5)
-    TIER_BUDGETS = (("b25", 0.25), ("b45", 0.45), ("b70", 0.7), ("full", 1.0))
+    TIER_BUDGETS = (("b0", 0.0), ("b25", 0.25), ("b45", 0.45), ("b70", 0.7), ("full", 1.0))
 
     def __init__(self, hidden: int = 256, mapper_width: int = 64, **_: Any) -> None:
         super().__init__()
@@ -120,10 +124,19 @@ class MoEISR(ScalableSR):
         return TrainRouting(bias=rng.uniform(0.0, 3.0) if rng.random() < 0.5 else 0.0)
 
     # ---- network -------------------------------------------------------------------------------
+    def lightest_only(self, knob: Any) -> bool:
+        """A budget no routing can meet but the lightest expert everywhere: no mapper needed."""
+        return not isinstance(knob, TrainRouting) and float(knob) <= float(self.relative_cost.min())
+
     def encode(self, lr: torch.Tensor, knob: Any, out_size: tuple[int, int]) -> MoEState:
         feat = self.encoder(lr)
-        logits = self.mapper(feat)
         j = len(self.experts)
+        if self.lightest_only(knob):
+            pick = torch.zeros(
+                feat.shape[0], feat.shape[2] * feat.shape[3], dtype=torch.long, device=lr.device
+            )
+            return MoEState(feat, F.one_hot(pick, j).transpose(1, 2).float(), None, pick)
+        logits = self.mapper(feat)
         if isinstance(knob, TrainRouting):
             biased = logits - knob.bias * self.relative_cost.view(1, j, 1, 1)
             route = F.gumbel_softmax(biased.flatten(2), tau=1.0, hard=True, dim=1)
@@ -134,6 +147,7 @@ class MoEISR(ScalableSR):
             ).flatten()
             pick = budget_routing(logits, self.relative_cost, usage, float(knob))
             route = F.one_hot(pick, j).transpose(1, 2).float()
+            return MoEState(feat, route, logits, pick)
         return MoEState(feat, route, logits)
 
     def decode(self, state: MoEState, coord: torch.Tensor, out_size, knob) -> torch.Tensor:
@@ -144,15 +158,18 @@ class MoEISR(ScalableSR):
         x = torch.cat(
             [torch.cat([gather_pixels(state.feat, n.index), n.rel, cell], -1) for n in neighbours], 1
         )
-        gates = torch.cat([gather_pixels(state.route, n.index) for n in neighbours], 1)  # (B, 4Q, J)
         if isinstance(knob, TrainRouting):
+            gates = torch.cat([gather_pixels(state.route, n.index) for n in neighbours], 1)  # (B, 4Q, J)
             y = sum(gates[..., j : j + 1] * expert(x) for j, expert in enumerate(self.experts))
         else:
+            assert state.pick is not None
             y = x.new_zeros(b, 4 * q, 3)
-            pick = gates.argmax(-1)
+            pick = torch.cat([torch.gather(state.pick, 1, n.index) for n in neighbours], 1)  # (B, 4Q)
             for j, expert in enumerate(self.experts):
                 mask = pick == j
-                if mask.any():
+                if mask.all():  # one expert takes everything (low budgets): no copies in and out
+                    y = expert(x)
+                elif mask.any():
                     y[mask] = expert(x[mask])
         weights = torch.cat([n.weight for n in neighbours], 1)
         return (y * weights).reshape(b, 4, q, 3).sum(1)
@@ -162,24 +179,31 @@ class MoEISR(ScalableSR):
         from models.implicit import bilinear_at
 
         state = self.encode(lr, knob, out_size)
+        assert state.logits is not None
         pred = self.decode(state, coord, out_size, knob) + bilinear_at(lr, coord)
         share = state.logits.softmax(1).mean(dim=(0, 2, 3))
         balance = (share - 1 / len(self.experts)).abs().sum()
         return F.l1_loss(pred, target) + BALANCE_WEIGHT * balance
 
     # ---- cost ----------------------------------------------------------------------------------
-    def _pixel_macs(self) -> int:
+    def _pixel_macs(self, mapper: bool = True) -> int:
         enc = self.encoder.macs_per_pixel()
-        mapper = sum(m.in_channels * m.out_channels * 9 for m in self.mapper if isinstance(m, nn.Conv2d))
-        return enc + mapper
+        if not mapper:
+            return enc
+        return enc + sum(m.in_channels * m.out_channels * 9 for m in self.mapper if isinstance(m, nn.Conv2d))
 
     def macs(self, tier, lr_size, out_size, max_queries: int = 0) -> int:
         """Upper bound at this tier: the budget caps the mean expert cost per (pixel, neighbour)."""
-        budget = min(1.0, float(self.tier(tier).knob))
+        knob = self.tier(tier).knob
+        queries = 4 * out_size[0] * out_size[1]
+        if self.lightest_only(knob):
+            return (
+                self._pixel_macs(mapper=False) * lr_size[0] * lr_size[1]
+                + queries * self.experts[0].macs_per_query
+            )
+        budget = min(1.0, float(knob))
         heavy = max(e.macs_per_query for e in self.experts)
-        return self._pixel_macs() * lr_size[0] * lr_size[1] + int(
-            4 * budget * heavy * out_size[0] * out_size[1]
-        )
+        return self._pixel_macs() * lr_size[0] * lr_size[1] + int(queries * budget * heavy)
 
     def routed_macs(self, state: MoEState, out_size: tuple[int, int]) -> int:
         """Exact MACs of decoding one image (B=1) with this routing."""
@@ -191,7 +215,7 @@ class MoEISR(ScalableSR):
         decoder = sum(
             round(n.item()) * e.macs_per_query for n, e in zip(per_expert, self.experts, strict=True)
         )
-        return self._pixel_macs() * h * w + decoder
+        return self._pixel_macs(mapper=state.logits is not None) * h * w + decoder
 
     def params_used(self, knob: Any) -> int:
         """All experts stay loaded and may be routed to; the budget changes MACs, not parameters."""
