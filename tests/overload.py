@@ -10,13 +10,16 @@ from __future__ import annotations
 import asyncio
 import statistics
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 import httpx
 from live_server import LiveServer, RssSampler
 from service_support import image_bytes
 
 MIB = 1 << 20
+T = TypeVar("T")
 
 BODY = image_bytes(24, 24)
 QUERY = "scale=2"
@@ -87,16 +90,21 @@ async def open_loop(
     report = LoadReport(rate_per_s)
     limits = httpx.Limits(max_connections=2000, max_keepalive_connections=200)
     async with httpx.AsyncClient(base_url=base, timeout=120, limits=limits) as client:
-        query = f"{QUERY}&deadline_ms={deadline_ms:g}"
-        start = time.monotonic()
-        tasks = []
-        for i in range(int(rate_per_s * seconds)):
-            delay = start + i / rate_per_s - time.monotonic()
-            if delay > 0:
-                await asyncio.sleep(delay)
-            tasks.append(asyncio.ensure_future(_one(client, query, _headers(api_key))))
-        report.outcomes = list(await asyncio.gather(*tasks))
+        query, headers = f"{QUERY}&deadline_ms={deadline_ms:g}", _headers(api_key)
+        report.outcomes = await on_schedule(rate_per_s, seconds, lambda: _one(client, query, headers))
     return report
+
+
+async def on_schedule(rate_per_s: float, seconds: float, send: Callable[[], Awaitable[T]]) -> list[T]:
+    """Start `send()` at `rate_per_s` for `seconds` (open loop: never waiting for answers), then gather."""
+    start = time.monotonic()
+    tasks = []
+    for i in range(int(rate_per_s * seconds)):
+        delay = start + i / rate_per_s - time.monotonic()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        tasks.append(asyncio.ensure_future(send()))
+    return list(await asyncio.gather(*tasks))
 
 
 async def sequential(base: str, n: int, deadline_ms: float, api_key: str | None = None) -> LoadReport:
@@ -202,15 +210,7 @@ async def open_loop_jobs(
                 code = f"{response.status_code} {response.json().get('code')}"
                 report.refused[code] = report.refused.get(code, 0) + 1
 
-        start = time.monotonic()
-        tasks = []
-        for i in range(int(rate_per_s * seconds)):
-            delay = start + i / rate_per_s - time.monotonic()
-            if delay > 0:
-                await asyncio.sleep(delay)
-            tasks.append(asyncio.ensure_future(submit()))
-        await asyncio.gather(*tasks)
-        report.submitted = len(tasks)
+        report.submitted = len(await on_schedule(rate_per_s, seconds, submit))
 
         submitted_at = time.monotonic()
         give_up = submitted_at + deadline_ms / 1000 + 60
