@@ -12,10 +12,12 @@ import statistics
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from io import BytesIO
 from typing import TypeVar
 
 import httpx
 from live_server import LiveServer, RssSampler
+from PIL import Image
 from service_support import image_bytes
 
 MIB = 1 << 20
@@ -235,10 +237,6 @@ async def open_loop_jobs(
 
 
 def _is_doubled_image(content: bytes) -> bool:
-    from io import BytesIO
-
-    from PIL import Image
-
     with Image.open(BytesIO(content)) as image:
         return image.size == (48, 48)  # BODY is 24×24, QUERY asks ×2
 
