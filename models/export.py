@@ -95,10 +95,15 @@ def merge_eval(manifest: dict[str, Any], records: list[dict[str, Any]]) -> None:
 
 
 def merge_bench(manifest: dict[str, Any], bench: dict[str, Any]) -> None:
+    """Latency per tier and scale, and the MAC count of the code that was timed."""
     tiers = {t["name"]: t for t in manifest["tiers"]}
     for row in bench["rows"]:
         if row["method"] == manifest["method"] and row["tier"] in tiers:
             tiers[row["tier"]]["cpu_latency_ms"][_key(row["scale"])] = round(row["latency_ms"], 1)
+            if bench["lr_size"] == COST_LR_SIDE:
+                tiers[row["tier"]]["macs_per_output_pixel"][_key(row["scale"])] = round(
+                    row["macs_per_output_pixel"]
+                )
     manifest["cpu_latency_measured"] = {
         "lr_size": bench["lr_size"],
         "threads": bench["threads"],

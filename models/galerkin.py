@@ -18,10 +18,21 @@ from torch import nn
 
 from models.base import DEFAULT_MAX_QUERIES, ScalableSR
 from models.encoder import EDSREncoder
-from models.implicit import bilinear_at, flat_coords, four_neighbours, gather_pixels, relative_cell
+from models.implicit import (
+    band_rows,
+    bilinear_at,
+    chunked_band_pixels,
+    flat_coords,
+    four_neighbours,
+    relative_cell,
+)
 from models.widths import Axis, narrow
 
 Weights = dict[str, torch.Tensor]
+LAYER_NORM_EPS = 1e-5  # F.layer_norm's default, which the weights were trained with
+# Σkᵀv for heads thinner than this is one dense a×a product whose diagonal blocks are kept: h×
+# the MACs, yet 2–4× faster on CPU than h thin products of odd sizes (`models.bench`).
+DENSE_KV_BELOW = 16
 
 
 @dataclass(frozen=True)
@@ -79,7 +90,7 @@ class GalerkinDecoder(nn.Module):
         """The weights of the decoder at `widths`, read off the full-width parameters."""
         w, h = self.width, self.heads
         trunk = Axis(1, w, widths.trunk)
-        out: Weights = {
+        raw: Weights = {
             "lift.w": narrow(self.lift.weight, trunk, None, mode),
             "lift.b": narrow(self.lift.bias, trunk, None, mode),
             "fc1.w": narrow(self.fc1.weight, None, trunk, mode),
@@ -93,49 +104,126 @@ class GalerkinDecoder(nn.Module):
             head = Axis(h, w // h, widths.attn[i] // h)
             qkv_out = Axis(3 * h, w // h, widths.attn[i] // h)
             ffn = Axis(1, self.ffn_width, widths.ffn[i])
-            out[f"qkv{i}.w"] = narrow(self.qkv[i].weight, qkv_out, trunk, mode)
-            out[f"qkv{i}.b"] = narrow(self.qkv[i].bias, qkv_out, None, mode)
-            out[f"core{i}.w"] = narrow(self.core[i].weight, trunk, head, mode)
-            out[f"core{i}.b"] = narrow(self.core[i].bias, trunk, None, mode)
-            out[f"ffn1{i}.w"] = narrow(self.ffn1[i].weight, ffn, trunk, mode)
-            out[f"ffn1{i}.b"] = narrow(self.ffn1[i].bias, ffn, None, mode)
-            out[f"ffn2{i}.w"] = narrow(self.ffn2[i].weight, trunk, ffn, mode)
-            out[f"ffn2{i}.b"] = narrow(self.ffn2[i].bias, trunk, None, mode)
+            raw[f"qkv{i}.w"] = narrow(self.qkv[i].weight, qkv_out, trunk, mode)
+            raw[f"qkv{i}.b"] = narrow(self.qkv[i].bias, qkv_out, None, mode)
+            raw[f"core{i}.w"] = narrow(self.core[i].weight, trunk, head, mode)
+            raw[f"core{i}.b"] = narrow(self.core[i].bias, trunk, None, mode)
+            raw[f"ffn1{i}.w"] = narrow(self.ffn1[i].weight, ffn, trunk, mode)
+            raw[f"ffn1{i}.b"] = narrow(self.ffn1[i].bias, ffn, None, mode)
+            raw[f"ffn2{i}.w"] = narrow(self.ffn2[i].weight, trunk, ffn, mode)
+            raw[f"ffn2{i}.b"] = narrow(self.ffn2[i].bias, trunk, None, mode)
             for kind in ("kg", "kb", "vg", "vb"):
-                out[f"{kind}{i}"] = narrow(self.norm[f"{kind}{i}"].reshape(-1), head, None, mode)
+                raw[f"{kind}{i}"] = narrow(self.norm[f"{kind}{i}"].reshape(-1), head, None, mode)
+        return self.rearranged(raw)
+
+    def rearranged(self, raw: Weights) -> Weights:
+        """The same layers regrouped for fast decoding; the maths is unchanged.
+
+        * lift: the neighbour-feature columns are split off, to be applied once per LR pixel
+          (`lift`), and the offset and cell columns kept together for the per-query product;
+        * q is separated from k/v, and the k/v rows are centred within each head, which is the
+          mean subtraction of their layer norm done once on the weights instead of per query.
+        """
+        c = self.lift.in_features - 10  # 4 neighbours × feature channels
+        lw = raw["lift.w"]
+        d = lw.shape[0]
+        out: Weights = {
+            # (4d, C): row block k projects neighbour k's feature (its columns 8+kC … 8+(k+1)C).
+            "lift.feat": lw[:, 8 : 8 + c].reshape(d, 4, c // 4).transpose(0, 1).reshape(4 * d, c // 4),
+            "lift.pos": torch.cat([lw[:, :8], lw[:, 8 + c :]], 1),  # offsets (8) then cell (2)
+            "lift.b": raw["lift.b"],
+        }
+        out.update({k: raw[k] for k in ("fc1.w", "fc1.b", "fc2.w", "fc2.b")})
+        for i in range(self.blocks):
+            qkv_w, qkv_b = raw[f"qkv{i}.w"], raw[f"qkv{i}.b"]
+            a = qkv_w.shape[0] // 3
+            kv_w = qkv_w[a:].reshape(2 * self.heads, a // self.heads, -1)
+            kv_b = qkv_b[a:].reshape(2 * self.heads, a // self.heads)
+            out[f"q{i}.w"], out[f"q{i}.b"] = qkv_w[:a], qkv_b[:a]
+            out[f"kv{i}.w"] = (kv_w - kv_w.mean(1, keepdim=True)).reshape(2 * a, -1)
+            out[f"kv{i}.b"] = (kv_b - kv_b.mean(1, keepdim=True)).reshape(2 * a)
+            out[f"kv{i}.g"] = torch.cat([raw[f"kg{i}"], raw[f"vg{i}"]])
+            out[f"kv{i}.beta"] = torch.cat([raw[f"kb{i}"], raw[f"vb{i}"]])
+            for k in ("core", "ffn1", "ffn2"):
+                out[f"{k}{i}.w"], out[f"{k}{i}.b"] = raw[f"{k}{i}.w"], raw[f"{k}{i}.b"]
         return out
 
     # ---- the layers, as functions of narrowed weights ------------------------------------------
     @staticmethod
-    def lift_inputs(feat: torch.Tensor, coord: torch.Tensor, out_size: tuple[int, int]) -> torch.Tensor:
-        """[4 offsets, 4 area-weighted neighbour features, relative cell] per query."""
-        grid = feat.shape[-2:]
-        rels, feats = [], []
-        for n in four_neighbours(coord, grid):
-            rels.append(n.rel)
-            feats.append(gather_pixels(feat, n.index) * n.weight)
-        cell = relative_cell(out_size, grid, coord.shape[0], coord.device)
-        cell = cell[:, None, :].expand(-1, coord.shape[1], -1)
-        return torch.cat([*rels, *feats, cell], dim=-1)
+    def lift_queries(
+        p: Weights, feat: torch.Tensor, coord: torch.Tensor, out_size: tuple[int, int]
+    ) -> torch.Tensor:
+        """Lifted queries (B, Q, d): the linear map of [4 offsets, 4 weighted neighbour features, cell].
+
+        Each neighbour's feature enters linearly, scaled by its ensemble weight, so its product
+        with the lift weights is taken once per LR pixel (only over the band of LR rows these
+        queries touch, `band_rows`) and gathered per query: 4·d gathered values per query instead of a
+        (4C+10)-wide concatenation and product.
+        """
+        b, q = coord.shape[:2]
+        h, w = feat.shape[-2:]
+        d = p["lift.b"].shape[0]
+        neighbours = four_neighbours(coord, (h, w))
+        lo, hi = band_rows(neighbours, w)
+        band = feat[:, :, lo:hi].flatten(2).transpose(1, 2)  # (B, P, C)
+        table = F.linear(band, p["lift.feat"]).reshape(-1, d)  # row (b, pixel, neighbour slot)
+        first = (torch.arange(b, device=coord.device) * (band.shape[1] * 4))[:, None] - lo * w * 4
+        cell = relative_cell(out_size, (h, w), b, coord.device)[:, None, :].expand(-1, q, -1)
+        x = F.linear(torch.cat([*(n.rel for n in neighbours), cell], -1), p["lift.pos"], p["lift.b"])
+        for k, n in enumerate(neighbours):
+            rows = table.index_select(0, (first + n.index * 4 + k).flatten()).view(b, q, d)
+            x = x.addcmul_(rows, n.weight) if not torch.is_grad_enabled() else x + rows * n.weight
+        return x
 
     def kv_sum(self, p: Weights, i: int, x: torch.Tensor) -> torch.Tensor:
-        """Σ over this chunk's pixels of kᵀv, per head: (B, heads, dh, dh)."""
+        """Σ over this chunk's pixels of kᵀv, per head: (B, heads, dh, dh).
+
+        k and v are layer-normed per head; the weights are already centred (`rearranged`), so
+        only the scaling by the root mean square is left to do here.
+        """
         b, n, _ = x.shape
-        third = p[f"qkv{i}.w"].shape[0] // 3
-        kv = F.linear(x, p[f"qkv{i}.w"][third:], p[f"qkv{i}.b"][third:]).reshape(b, n, 2, self.heads, -1)
-        k, v = kv.unbind(2)
-        dh = k.shape[-1]
-        k = F.layer_norm(k, (dh,)) * p[f"kg{i}"].view(self.heads, dh) + p[f"kb{i}"].view(self.heads, dh)
-        v = F.layer_norm(v, (dh,)) * p[f"vg{i}"].view(self.heads, dh) + p[f"vb{i}"].view(self.heads, dh)
+        kv = F.linear(x, p[f"kv{i}.w"], p[f"kv{i}.b"])
+        heads = kv.view(b, n, 2 * self.heads, -1)
+        dh = heads.shape[-1]
+        inv_rms = (
+            torch.linalg.vector_norm(heads, dim=-1, keepdim=True).square() / dh + LAYER_NORM_EPS
+        ).rsqrt()
+        kv = torch.addcmul(p[f"kv{i}.beta"], (heads * inv_rms).view(b, n, -1), p[f"kv{i}.g"])
+        a = kv.shape[-1] // 2
+        if dh < DENSE_KV_BELOW:
+            full = kv[..., :a].transpose(1, 2) @ kv[..., a:]  # (B, a, a): every pair of heads
+            return full.view(b, self.heads, dh, self.heads, dh).diagonal(dim1=1, dim2=3).permute(0, 3, 1, 2)
+        k, v = kv.view(b, n, 2, self.heads, dh).unbind(2)
         return torch.einsum("bnhd,bnhe->bhde", k, v)
 
-    def block(self, p: Weights, i: int, x: torch.Tensor, kv_mean: torch.Tensor) -> torch.Tensor:
-        """One Galerkin block given the image-wide mean of kᵀv."""
-        b, n, _ = x.shape
-        third = p[f"qkv{i}.w"].shape[0] // 3
-        q = F.linear(x, p[f"qkv{i}.w"][:third], p[f"qkv{i}.b"][:third]).reshape(b, n, self.heads, -1)
-        attn = torch.einsum("bnhd,bhde->bnhe", q, kv_mean).flatten(2)
-        h = x + F.linear(attn, p[f"core{i}.w"], p[f"core{i}.b"])
+    def attention_map(self, p: Weights, i: int, kv_mean: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Block i's attention as one affine map of its input: x ↦ x·M + c, per image.
+
+        Galerkin attention is linear in q once the image-wide mean of kᵀv is known, and q and the
+        core projection are linear too, so q-projection, attention and core projection compose
+        into a single d×d matrix: one dense product per query instead of three thin ones.
+        """
+        heads, dh = kv_mean.shape[1], kv_mean.shape[2]
+        q_w = p[f"q{i}.w"].view(heads, dh, -1)  # (h, dh, d)
+        core_t = p[f"core{i}.w"].t()  # (a, d)
+        m = torch.einsum("hkd,bhke->bdhe", q_w, kv_mean).flatten(2) @ core_t  # (B, d, d)
+        c = F.linear(
+            torch.einsum("hk,bhke->bhe", p[f"q{i}.b"].view(heads, dh), kv_mean).flatten(1),
+            p[f"core{i}.w"],
+            p[f"core{i}.b"],
+        )  # (B, d)
+        return m, c
+
+    def block(
+        self, p: Weights, i: int, x: torch.Tensor, attn: tuple[torch.Tensor, torch.Tensor]
+    ) -> torch.Tensor:
+        """One Galerkin block given its attention map (`attention_map`)."""
+        m, c = attn
+        h = (
+            torch.baddbmm(c[:, None, :], x, m).add_(x)
+            if not torch.is_grad_enabled()
+            else x + c[:, None] + x @ m
+        )
         return x + F.linear(
             F.gelu(F.linear(h, p[f"ffn1{i}.w"], p[f"ffn1{i}.b"])), p[f"ffn2{i}.w"], p[f"ffn2{i}.b"]
         )
@@ -143,30 +231,42 @@ class GalerkinDecoder(nn.Module):
     def head(self, p: Weights, x: torch.Tensor) -> torch.Tensor:
         return F.linear(F.gelu(F.linear(x, p["fc1.w"], p["fc1.b"])), p["fc2.w"], p["fc2.b"])
 
-    def run(self, p: Weights, lifted: torch.Tensor) -> torch.Tensor:
-        """Single pass over all queries at once (training, or images that fit in one chunk)."""
-        x = F.linear(lifted, p["lift.w"], p["lift.b"])
+    def run(self, p: Weights, x: torch.Tensor) -> torch.Tensor:
+        """Single pass over all lifted queries at once (training, or images that fit in one chunk)."""
         n = x.shape[1]
         for i in range(self.blocks):
-            x = self.block(p, i, x, self.kv_sum(p, i, x) / n)
+            x = self.block(p, i, x, self.attention_map(p, i, self.kv_sum(p, i, x) / n))
         return self.head(p, x)
 
     # ---- cost ----------------------------------------------------------------------------------
-    def macs_per_query(self, widths: DecoderWidths, multipass: bool = False) -> int:
-        """MACs per output pixel; `multipass` adds what chunked rendering recomputes."""
+    def macs(
+        self, widths: DecoderWidths, lr_size: tuple[int, int], out_size: tuple[int, int], chunk: int
+    ) -> int:
+        """MACs of decoding one image in chunks of `chunk` queries (`GalerkinSR.render`).
+
+        Per query: the offset/cell product, each block's k/v, kᵀv, attention map and FFN, the
+        head. Per chunk and pass: the lift product over the band of LR rows. Per image: each
+        block's attention map. Several chunks mean blocks+1 passes, where pass i re-lifts and
+        re-runs blocks < i before accumulating block i's kᵀv.
+        """
         d, heads = widths.trunk, self.heads
-        lift = self.lift.in_features * d
+        c = (self.lift.in_features - 10) // 4
+        total_q = out_size[0] * out_size[1]
+        pos = 10 * d
         head = d * self.fc1.out_features + self.fc1.out_features * 3
-        kv, q = [], []
+        kv, run, maps = [], [], 0
         for i in range(self.blocks):
             a, f = widths.attn[i], widths.ffn[i]
-            attention = heads * (a // heads) ** 2
-            kv.append(d * 2 * a + attention)
-            q.append(d * a + attention + a * d + 2 * d * f)
-        total = lift + sum(kv) + sum(q) + head
-        if multipass:  # pass i re-lifts and re-runs blocks < i before accumulating block i's kᵀv
-            total += self.blocks * lift + sum(sum(q[:i]) for i in range(self.blocks))
-        return total
+            kv.append(d * 2 * a + a * (a if a // heads < DENSE_KV_BELOW else a // heads))
+            run.append(d * d + 2 * d * f)
+            maps += d * a * (a // heads) + a * d * d + a * (a // heads) + a * d
+        band = chunked_band_pixels(out_size, lr_size, chunk)
+        lift = band * c * 4 * d + total_q * pos
+        if total_q <= chunk:
+            return lift + total_q * (sum(kv) + sum(run) + head) + maps
+        passes = lift * (self.blocks + 1)
+        per_query = sum(kv[i] + sum(run[:i]) for i in range(self.blocks)) + sum(run) + head
+        return passes + total_q * per_query + maps
 
     def params_used(self, widths: DecoderWidths) -> int:
         d = widths.trunk
@@ -214,7 +314,9 @@ class GalerkinSR(ScalableSR):
         return GalerkinState(feat, weights)
 
     def decode(self, state: GalerkinState, coord, out_size, knob) -> torch.Tensor:
-        return self.decoder.run(state.weights, self.decoder.lift_inputs(state.feat, coord, out_size))
+        return self.decoder.run(
+            state.weights, self.decoder.lift_queries(state.weights, state.feat, coord, out_size)
+        )
 
     def render(self, lr: torch.Tensor, size: tuple[int, int], knob: Any, chunk: int) -> torch.Tensor:
         """Exact chunked decoding: one pass per attention block accumulates its global Σkᵀv.
@@ -227,13 +329,13 @@ class GalerkinSR(ScalableSR):
             return super().render(lr, size, knob, chunk)
         state = self.encode(lr, knob, size)
         p, dec = state.weights, self.decoder
-        kv_means: list[torch.Tensor] = []
+        attention: list[tuple[torch.Tensor, torch.Tensor]] = []
 
         def run_chunk(start: int, stop: int, depth: int) -> tuple[torch.Tensor, torch.Tensor]:
             coord = flat_coords(size, start, stop, lr.device).expand(b, -1, -1)
-            x = F.linear(dec.lift_inputs(state.feat, coord, size), p["lift.w"], p["lift.b"])
+            x = dec.lift_queries(p, state.feat, coord, size)
             for i in range(depth):
-                x = dec.block(p, i, x, kv_means[i])
+                x = dec.block(p, i, x, attention[i])
             return x, coord
 
         for i in range(dec.blocks):
@@ -242,7 +344,7 @@ class GalerkinSR(ScalableSR):
                 x, _ = run_chunk(start, min(total, start + chunk), i)
                 part = dec.kv_sum(p, i, x)
                 acc = part if acc is None else acc + part
-            kv_means.append(acc / total)
+            attention.append(dec.attention_map(p, i, acc / total))
         out = torch.empty(b, total, 3, device=lr.device)
         for start in range(0, total, chunk):
             stop = min(total, start + chunk)
@@ -252,10 +354,9 @@ class GalerkinSR(ScalableSR):
 
     def macs_for(self, knob: Any, lr_size, out_size, max_queries: int = DEFAULT_MAX_QUERIES) -> int:
         inner = self.encoder_inner(knob)
-        lr_px, out_px = lr_size[0] * lr_size[1], out_size[0] * out_size[1]
+        lr_px = lr_size[0] * lr_size[1]
         enc = self.encoder.macs_per_pixel(inner) * lr_px + self.encoder.macs_fixed(inner)
-        multipass = out_px > max_queries
-        return enc + self.decoder.macs_per_query(self.decoder_widths(knob), multipass) * out_px
+        return enc + self.decoder.macs(self.decoder_widths(knob), lr_size, out_size, max_queries)
 
     def params_used(self, knob: Any) -> int:
         return self.encoder.params_used(self.encoder_inner(knob)) + self.decoder.params_used(

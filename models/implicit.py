@@ -79,6 +79,32 @@ def four_neighbours(coord: torch.Tensor, grid_size: tuple[int, int]) -> list[Nei
     ]
 
 
+def band_rows(neighbours: list[Neighbour], width: int) -> tuple[int, int]:
+    """Rows [lo, hi) of the grid (of `width` columns) that these queries' neighbours lie in.
+
+    Decoders that apply a per-pixel layer once per grid pixel instead of once per query (the
+    LIIF trick) apply it only to this band, so the work and memory follow the chunk of queries.
+    """
+    lo = min(int(n.index.min()) for n in neighbours) // width
+    hi = max(int(n.index.max()) for n in neighbours) // width + 1
+    return lo, hi
+
+
+def band_pixels(out_size: tuple[int, int], grid: tuple[int, int], start: int, stop: int) -> int:
+    """Pixels of `band_rows` for the row-major output queries [start, stop), computed from its ends."""
+    ends = torch.cat(
+        [flat_coords(out_size, start, start + 1, None), flat_coords(out_size, stop - 1, stop, None)]
+    )
+    lo, hi = band_rows(four_neighbours(ends, grid), grid[1])
+    return (hi - lo) * grid[1]
+
+
+def chunked_band_pixels(out_size: tuple[int, int], grid: tuple[int, int], chunk: int) -> int:
+    """`band_pixels` summed over the chunks that rendering an `out_size` image decodes."""
+    total = out_size[0] * out_size[1]
+    return sum(band_pixels(out_size, grid, s, min(total, s + chunk)) for s in range(0, total, chunk))
+
+
 def gather_pixels(grid: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
     """Values (B, Q, C) of a grid (B, C, h, w) at flat indices (B, Q)."""
     b, c = grid.shape[:2]

@@ -23,9 +23,17 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from models.base import ScalableSR
+from models.base import DEFAULT_MAX_QUERIES, ScalableSR
 from models.encoder import EDSREncoder
-from models.implicit import four_neighbours, gather_pixels, nearest_index, pixel_centres, relative_cell
+from models.implicit import (
+    band_rows,
+    chunked_band_pixels,
+    four_neighbours,
+    gather_pixels,
+    nearest_index,
+    pixel_centres,
+    relative_cell,
+)
 from models.mlp import MLP
 from models.registry import register
 from models.tiers import Tier
@@ -151,6 +159,9 @@ class MoEISR(ScalableSR):
         return MoEState(feat, route, logits)
 
     def decode(self, state: MoEState, coord: torch.Tensor, out_size, knob) -> torch.Tensor:
+        """Training: every expert on every pair, mixed by the (straight-through) gates."""
+        if not isinstance(knob, TrainRouting):
+            return self.decode_routed(state, coord, out_size)
         b, q = coord.shape[:2]
         grid = state.feat.shape[-2:]
         cell = relative_cell(out_size, grid, b, coord.device)[:, None, :].expand(-1, q, -1)
@@ -158,21 +169,49 @@ class MoEISR(ScalableSR):
         x = torch.cat(
             [torch.cat([gather_pixels(state.feat, n.index), n.rel, cell], -1) for n in neighbours], 1
         )
-        if isinstance(knob, TrainRouting):
-            gates = torch.cat([gather_pixels(state.route, n.index) for n in neighbours], 1)  # (B, 4Q, J)
-            y = sum(gates[..., j : j + 1] * expert(x) for j, expert in enumerate(self.experts))
-        else:
-            assert state.pick is not None
-            y = x.new_zeros(b, 4 * q, 3)
-            pick = torch.cat([torch.gather(state.pick, 1, n.index) for n in neighbours], 1)  # (B, 4Q)
-            for j, expert in enumerate(self.experts):
-                mask = pick == j
-                if mask.all():  # one expert takes everything (low budgets): no copies in and out
-                    y = expert(x)
-                elif mask.any():
-                    y[mask] = expert(x[mask])
+        gates = torch.cat([gather_pixels(state.route, n.index) for n in neighbours], 1)  # (B, 4Q, J)
+        y = sum(gates[..., j : j + 1] * expert(x) for j, expert in enumerate(self.experts))
         weights = torch.cat([n.weight for n in neighbours], 1)
         return (y * weights).reshape(b, 4, q, 3).sum(1)
+
+    def decode_routed(self, state: MoEState, coord: torch.Tensor, out_size) -> torch.Tensor:
+        """Inference: each (query, neighbour) pair runs only the expert picked for its LR pixel.
+
+        An expert's first layer is linear in [feature, offset, cell] and the feature belongs to
+        the LR pixel, so its product is taken once per LR pixel of the queries' band, with that
+        pixel's expert, and gathered per pair (LIIF's trick): per pair only the 4 offset/cell
+        columns and the deeper layers remain. The routing and its costs are unchanged.
+        """
+        assert state.pick is not None
+        b, q = coord.shape[:2]
+        c, (h, w) = state.feat.shape[1], state.feat.shape[-2:]
+        neighbours = four_neighbours(coord, (h, w))
+        lo, hi = band_rows(neighbours, w)
+        band = state.feat[:, :, lo:hi].flatten(2).transpose(1, 2).reshape(-1, c)  # (B·P, C)
+        band_pick = state.pick[:, lo * w : hi * w].reshape(-1)
+        first = [e.net[0] for e in self.experts]
+        table = band.new_empty(band.shape[0], first[0].out_features)
+        for j, layer in enumerate(first):
+            sel = band_pick == j
+            if sel.all():  # one expert takes the whole band (low budgets): no copies in and out
+                table = F.linear(band, layer.weight[:, :c])
+            elif sel.any():
+                table[sel] = F.linear(band[sel], layer.weight[:, :c])
+        offset = (torch.arange(b, device=coord.device) * (hi - lo) * w)[:, None] - lo * w
+        rows = torch.cat([n.index for n in neighbours], 1).add_(offset).flatten()  # (B·4Q) into table
+        cell = relative_cell(out_size, (h, w), b, coord.device)[:, None, :].expand(-1, q, -1)
+        pos = torch.cat([torch.cat([n.rel, cell], -1) for n in neighbours], 1).reshape(-1, 4)
+        pick = band_pick[rows]
+        y = pos.new_empty(pos.shape[0], 3)
+        for j, (expert, layer) in enumerate(zip(self.experts, first, strict=True)):
+            mask = pick == j
+            if mask.all():
+                y = expert.net[1:](F.linear(pos, layer.weight[:, c:], layer.bias).add_(table[rows]))
+            elif mask.any():
+                hidden = F.linear(pos[mask], layer.weight[:, c:], layer.bias).add_(table[rows[mask]])
+                y[mask] = expert.net[1:](hidden)
+        weights = torch.cat([n.weight for n in neighbours], 1)
+        return (y.view(b, 4 * q, 3) * weights).reshape(b, 4, q, 3).sum(1)
 
     def training_loss(self, lr, coord, out_size, knob, target) -> torch.Tensor:
         """L1 plus the paper's load-balance term on the mapper's soft assignment."""
@@ -192,30 +231,42 @@ class MoEISR(ScalableSR):
             return enc
         return enc + sum(m.in_channels * m.out_channels * 9 for m in self.mapper if isinstance(m, nn.Conv2d))
 
-    def macs(self, tier, lr_size, out_size, max_queries: int = 0) -> int:
-        """Upper bound at this tier: the budget caps the mean expert cost per (pixel, neighbour)."""
+    def feature_macs(self) -> int:
+        """MACs of an expert's first layer on one LR feature (the same for every expert)."""
+        return self.encoder.channels * self.experts[0].net[0].out_features
+
+    def macs(self, tier, lr_size, out_size, max_queries: int = DEFAULT_MAX_QUERIES) -> int:
+        """Upper bound at this tier: the budget caps the mean expert cost per (pixel, neighbour).
+
+        Every expert's cost per pair is its MLP less the feature columns of its first layer,
+        which are applied once per LR pixel of each chunk's band (`decode_routed`).
+        """
         knob = self.tier(tier).knob
-        queries = 4 * out_size[0] * out_size[1]
+        pairs = 4 * out_size[0] * out_size[1]
+        band = chunked_band_pixels(out_size, lr_size, max_queries) * self.feature_macs()
         if self.lightest_only(knob):
-            return (
-                self._pixel_macs(mapper=False) * lr_size[0] * lr_size[1]
-                + queries * self.experts[0].macs_per_query
-            )
+            per_pair = self.experts[0].macs_per_query - self.feature_macs()
+            return self._pixel_macs(mapper=False) * lr_size[0] * lr_size[1] + pairs * per_pair + band
         budget = min(1.0, float(knob))
         heavy = max(e.macs_per_query for e in self.experts)
-        return self._pixel_macs() * lr_size[0] * lr_size[1] + int(queries * budget * heavy)
+        per_pair = budget * heavy - self.feature_macs()
+        return self._pixel_macs() * lr_size[0] * lr_size[1] + int(pairs * per_pair) + band
 
-    def routed_macs(self, state: MoEState, out_size: tuple[int, int]) -> int:
-        """Exact MACs of decoding one image (B=1) with this routing."""
+    def routed_macs(
+        self, state: MoEState, out_size: tuple[int, int], max_queries: int = DEFAULT_MAX_QUERIES
+    ) -> int:
+        """Exact MACs of decoding one image (B=1) with this routing, in chunks of `max_queries`."""
         h, w = state.feat.shape[-2:]
         usage = torch.outer(
             axis_usage(h, out_size[0], state.feat.device), axis_usage(w, out_size[1], state.feat.device)
         ).flatten()
         per_expert = (state.route[0] * usage).sum(1)
-        decoder = sum(
-            round(n.item()) * e.macs_per_query for n, e in zip(per_expert, self.experts, strict=True)
+        pairs = sum(
+            round(n.item()) * (e.macs_per_query - self.feature_macs())
+            for n, e in zip(per_expert, self.experts, strict=True)
         )
-        return self._pixel_macs(mapper=state.logits is not None) * h * w + decoder
+        band = chunked_band_pixels(out_size, (h, w), max_queries) * self.feature_macs()
+        return self._pixel_macs(mapper=state.logits is not None) * h * w + pairs + band
 
     def params_used(self, knob: Any) -> int:
         """All experts stay loaded and may be routed to; the budget changes MACs, not parameters."""

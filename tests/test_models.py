@@ -103,6 +103,9 @@ def test_moeisr_routed_macs_are_counted_exactly_and_budget_is_monotone(built_mod
         state = model.encode(x, tier.knob, size)
         exact = model.routed_macs(state, size)
         assert counter.get_total_flops() // 2 == exact
+        with FlopCounterMode(display=False) as chunked:  # each chunk's band of LR pixels is counted
+            model.upscale(lr_image, size, tier, max_queries=300)
+        assert chunked.get_total_flops() // 2 == model.routed_macs(state, size, max_queries=300)
         assert exact <= model.macs(tier, tuple(lr_image.shape[-2:]), size)
         routed.append(exact)
     assert routed == sorted(routed)

@@ -38,3 +38,18 @@ def test_shipped_checkpoint_loads_and_runs_every_tier(method: str) -> None:
     for entry in manifest["tiers"]:
         for by_scale in entry["psnr_y"].values():
             assert all(math.isfinite(v) and v > 0 for v in by_scale.values())
+
+
+@pytest.mark.parametrize("method", SHIPPED)
+def test_manifest_costs_are_the_models_current_mac_count(method: str) -> None:
+    """The controller reads tier costs from the manifest: they must follow any change to the code."""
+    from models.export import COST_LR_SIDE
+
+    manifest = read_manifest(method)
+    model = registry.load(method, device="cpu")
+    for entry, tier in zip(manifest["tiers"], model.tiers(), strict=True):
+        for scale, macs in entry["macs_per_output_pixel"].items():
+            assert macs == round(model.macs_per_output_pixel(tier, float(scale), COST_LR_SIDE)), (
+                tier.name,
+                scale,
+            )
