@@ -69,16 +69,14 @@ def table(checkpoint_dir: str | None = None) -> str:
     header = ["method", "tier", "params", "MAC/px ×4", "CPU ms ×2 / ×4"]
     header += [f"{d} ×{s}" for d in DATASETS for s in SCALES]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    bicubic: dict[str, dict[str, float]] = {}
-    images: dict[str, dict[str, int]] = {}
+    images: list[str] = []
     for method in registry.available():
         try:
             manifest = read_manifest(method, checkpoint_dir)
         except CheckpointError:
             lines.append(f"| {method} | (no shipped checkpoint) |" + " |" * (len(header) - 2))
             continue
-        for d, by_scale in manifest.get("bicubic_psnr_y", {}).items():
-            bicubic.setdefault(d, {}).update(by_scale)
+        counts: dict[str, int] = {}
         for tier in manifest["tiers"]:
             lat = tier.get("cpu_latency_ms", {})
             row = [
@@ -93,19 +91,26 @@ def table(checkpoint_dir: str | None = None) -> str:
                     row.append(_cell(tier.get("psnr_y", {}).get(d, {}).get(s)))
                     n = tier.get("eval_images", {}).get(d, {}).get(s)
                     if n:
-                        images.setdefault(d, {})[s] = n
+                        counts[d] = n
             lines.append("| " + " | ".join(row) + " |")
-    lines.append(
-        "| bicubic | | | | | "
-        + " | ".join(_cell(bicubic.get(d, {}).get(s)) for d in DATASETS for s in SCALES)
-        + " |"
-    )
+        # Each method's own bicubic: the sets' subsets (and so their bicubic PSNR) may differ.
+        bicubic = manifest.get("bicubic_psnr_y", {})
+        lines.append(
+            f"| {method} | bicubic | | | | "
+            + " | ".join(_cell(bicubic.get(d, {}).get(s)) for d in DATASETS for s in SCALES)
+            + " |"
+        )
+        if counts:
+            images.append(f"{method}: " + ", ".join(f"{d} {counts[d]}" for d in DATASETS if d in counts))
     for label, sets in PAPER_PSNR.items():
         cells = [_cell(sets[d][i]) for d in DATASETS for i in range(3)]
         lines.append(f"| paper: {label} | | | | | " + " | ".join(cells) + " |")
-    counts = ", ".join(f"{d} {images[d].get('2', '?')}" for d in DATASETS if d in images)
     lines.append("")
-    lines.append(f"Images evaluated per set: {counts or 'none yet'}.")
+    lines.append(
+        "Images evaluated per set (Set14 and B100: the first N, for CPU time): "
+        + ("; ".join(images) or "none yet")
+        + "."
+    )
     lines.append("")
     lines += gain_table(checkpoint_dir)
     return "\n".join(lines)
