@@ -101,13 +101,17 @@ class Stage(nn.Module):
         ny = (iy[..., None, None] + offs[:, None]).expand(-1, -1, 2 * r + 1, 2 * r + 1).flatten(2)
         nx = (ix[..., None, None] + offs[None, :]).expand(-1, -1, 2 * r + 1, 2 * r + 1).flatten(2)
         inside = (ny >= 0) & (ny < gh) & (nx >= 0) & (nx < gw)
-        index = ((ny.clamp(0, gh - 1) - a) * gw + nx.clamp(0, gw - 1)).flatten(1)  # (B, Q·g²)
         g2 = ny.shape[-1]
+        rows = (b - a) * gw
+        # Row of each neighbour in the band's pixels, batch by batch; outside the grid, the zero
+        # row appended after each band (what a zero-padded grid would give).
+        index = torch.where(inside, (ny.clamp(0, gh - 1) - a) * gw + nx.clamp(0, gw - 1), rows)
+        index = (index + (torch.arange(bsz, device=coord.device) * (rows + 1))[:, None, None]).flatten()
 
         def gather(m: torch.Tensor) -> torch.Tensor:
-            flat = m.flatten(2)
-            out = torch.gather(flat, 2, index.unsqueeze(1).expand(-1, flat.shape[1], -1))
-            return out.transpose(1, 2).reshape(bsz, nq, g2, -1) * inside[..., None]
+            """(B, Q, g², heads, dh) codes of the neighbours: whole rows of a pixel-major copy."""
+            table = F.pad(m.flatten(2).transpose(1, 2), (0, 0, 0, 1)).reshape(-1, m.shape[1])
+            return table.index_select(0, index).view(bsz, nq, g2, heads, -1)
 
         k, v = gather(k_map), gather(v_map)
         cy = -1 + (2 * ny.float() + 1) / gh
@@ -116,16 +120,16 @@ class Stage(nn.Module):
         angles = rel[..., None] * self.freqs  # (B, Q, g², 2, F)
         pe = torch.cat([angles.sin(), angles.cos()], -1).flatten(-2)
         dh = self.dim // heads
-        logits = torch.einsum("bqhd,bqghd->bqgh", q, k.reshape(bsz, nq, g2, heads, dh)) / math.sqrt(dh)
+        logits = (k * q[:, :, None]).sum(-1) / math.sqrt(dh)  # (B, Q, g², heads)
         attn = (logits + self.bias(pe)).softmax(dim=2)
-        weighted = (v.reshape(bsz, nq, g2, heads, dh) * attn[..., None]).reshape(bsz, nq, -1)
+        weighted = (v * attn[..., None]).reshape(bsz, nq, -1)
         cell = relative_cell(out_size, grid, bsz, coord.device)[:, None, :].expand(-1, nq, -1)
         return self.mlp(torch.cat([weighted, cell], -1))
 
     def macs(self, grid_pixels: int, queries: int) -> int:
         g2 = (2 * self.radius + 1) ** 2
         conv = 9 * self.dim * 3 * self.dim * grid_pixels
-        per_query = g2 * self.dim + g2 * self.bias.in_features * self.heads + self.mlp.macs_per_query
+        per_query = g2 * self.bias.in_features * self.heads + self.mlp.macs_per_query
         return conv + per_query * queries
 
 
