@@ -50,6 +50,32 @@ def test_asymmetric_scale_predicts_quality_at_the_geometric_mean() -> None:
     assert out.scale == pytest.approx(4.0)
 
 
+def test_predicted_psnr_compares_methods_by_gain_when_their_subsets_differ() -> None:
+    """Two methods with equal gains on Set14 subsets of different difficulty predict the same."""
+    from models.manifest import predicted_psnr_db
+
+    def manifest(set14_bicubic: float) -> dict:
+        return {
+            "method": "m",
+            "bicubic_psnr_y": {"set5": {"2": 33.0, "4": 28.0}, "set14": {"2": set14_bicubic, "4": 24.0}},
+            "tiers": [
+                {
+                    "name": "t",
+                    "psnr_y": {
+                        "set5": {"2": 35.0, "4": 29.0},
+                        "set14": {"2": set14_bicubic + 1.0, "4": 25.0},
+                    },
+                }
+            ],
+        }
+
+    easy, hard = manifest(30.0), manifest(26.0)
+    assert predicted_psnr_db(easy, "t", 2.0) == pytest.approx(33.0 + (2.0 + 1.0) / 2)
+    assert predicted_psnr_db(hard, "t", 2.0) == pytest.approx(predicted_psnr_db(easy, "t", 2.0))
+    assert predicted_psnr_db(hard, "t", 4.0) == pytest.approx(28.0 + 1.0)
+    assert 29.0 < predicted_psnr_db(hard, "t", 3.0) < 34.5  # log-scale interpolation between
+
+
 @pytest.mark.parametrize(
     "request_",
     [
