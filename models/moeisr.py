@@ -159,7 +159,7 @@ class MoEISR(ScalableSR):
         return MoEState(feat, route, logits)
 
     def decode(self, state: MoEState, coord: torch.Tensor, out_size, knob) -> torch.Tensor:
-        """Training: every expert on every pair, mixed by the (straight-through) gates."""
+        """Inference: `decode_routed`. Training: every expert on every pair, mixed by the gates."""
         if not isinstance(knob, TrainRouting):
             return self.decode_routed(state, coord, out_size)
         b, q = coord.shape[:2]
