@@ -187,14 +187,14 @@ class CLIT(ScalableSR):
         lr_px, out_px = lr_size[0] * lr_size[1], out_size[0] * out_size[1]
         total = (self.encoder.macs_per_pixel() + 9 * self.proj.in_channels * self.proj.out_channels) * lr_px
         chunk = self.chunk_size(max_queries, out_size)
-        centres = pixel_centres(out_size[0])
+        # The service counts every tier on every request: all chunks at once, not one by one.
+        starts = torch.arange(0, out_px, chunk)
+        first = pixel_centres(out_size[0])[starts // out_size[1]]  # each chunk's first and last row
+        last = pixel_centres(out_size[0])[((starts + chunk).clamp(max=out_px) - 1) // out_size[1]]
         for stage, grid in zip(self.stages, stage_grids(lr_size, out_size, n), strict=False):
-            band_rows = 0
-            for start in range(0, out_px, chunk):
-                first, last = start // out_size[1], (min(out_px, start + chunk) - 1) // out_size[1]
-                lo = int(nearest_index(centres[first], grid[0])) - stage.radius - 1
-                hi = int(nearest_index(centres[last], grid[0])) + stage.radius + 2
-                band_rows += min(hi, grid[0]) - max(lo, 0)
+            lo = nearest_index(first, grid[0]) - stage.radius - 1
+            hi = nearest_index(last, grid[0]) + stage.radius + 2
+            band_rows = int((hi.clamp(max=grid[0]) - lo.clamp(min=0)).sum())
             total += stage.macs(band_rows * grid[1], out_px)
         return total
 

@@ -7,6 +7,7 @@ never with a hard-coded device.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import torch
@@ -21,13 +22,17 @@ def pixel_centres(n: int, device: torch.device | None = None) -> torch.Tensor:
     return -1 + (2 * torch.arange(n, device=device, dtype=torch.float32) + 1) / n
 
 
-def flat_coords(size: tuple[int, int], start: int, stop: int, device: torch.device) -> torch.Tensor:
-    """Coordinates (stop-start, 2) of the row-major pixels [start, stop) of an image of `size`."""
+def pixel_coords(size: tuple[int, int], idx: torch.Tensor) -> torch.Tensor:
+    """Coordinates (N, 2) of the row-major pixels `idx` (N,) of an image of `size`."""
     h, w = size
-    idx = torch.arange(start, stop, device=device)
     ys = -1 + (2 * torch.div(idx, w, rounding_mode="floor").float() + 1) / h
     xs = -1 + (2 * (idx % w).float() + 1) / w
     return torch.stack([ys, xs], dim=-1)
+
+
+def flat_coords(size: tuple[int, int], start: int, stop: int, device: torch.device) -> torch.Tensor:
+    """Coordinates (stop-start, 2) of the row-major pixels [start, stop) of an image of `size`."""
+    return pixel_coords(size, torch.arange(start, stop, device=device))
 
 
 def relative_cell(out_size: tuple[int, int], grid_size: tuple[int, int], batch: int, device) -> torch.Tensor:
@@ -90,19 +95,27 @@ def band_rows(neighbours: list[Neighbour], width: int) -> tuple[int, int]:
     return lo, hi
 
 
-def band_pixels(out_size: tuple[int, int], grid: tuple[int, int], start: int, stop: int) -> int:
-    """Pixels of `band_rows` for the row-major output queries [start, stop), computed from its ends."""
-    ends = torch.cat(
-        [flat_coords(out_size, start, start + 1, None), flat_coords(out_size, stop - 1, stop, None)]
-    )
-    lo, hi = band_rows(four_neighbours(ends, grid), grid[1])
-    return (hi - lo) * grid[1]
-
-
+@functools.lru_cache(maxsize=1024)
 def chunked_band_pixels(out_size: tuple[int, int], grid: tuple[int, int], chunk: int) -> int:
-    """`band_pixels` summed over the chunks that rendering an `out_size` image decodes."""
+    """Pixels of `band_rows` summed over the chunks of `chunk` row-major queries that rendering an
+    `out_size` image decodes.
+
+    Cost accounting calls this for every tier of every method on every request, so it is one
+    vectorised pass over the chunks' first and last queries (which hold a chunk's lowest and
+    highest neighbour rows), with the same arithmetic as decoding, and cached: it depends on
+    sizes only, not on the tier.
+    """
     total = out_size[0] * out_size[1]
-    return sum(band_pixels(out_size, grid, s, min(total, s + chunk)) for s in range(0, total, chunk))
+    starts = torch.arange(0, total, chunk)
+    lasts = (starts + chunk).clamp(max=total) - 1
+    ends = pixel_coords(out_size, torch.cat([starts, lasts]))
+    rows = torch.stack(
+        [torch.div(n.index, grid[1], rounding_mode="floor") for n in four_neighbours(ends, grid)]
+    )
+    first, last = rows[:, : len(starts)], rows[:, len(starts) :]
+    lo = torch.minimum(first.min(0).values, last.min(0).values)
+    hi = torch.maximum(first.max(0).values, last.max(0).values)
+    return int((hi - lo + 1).sum()) * grid[1]
 
 
 def gather_pixels(grid: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
