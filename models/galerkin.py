@@ -120,7 +120,7 @@ class GalerkinDecoder(nn.Module):
         """The same layers regrouped for fast decoding; the maths is unchanged.
 
         * lift: the neighbour-feature columns are split off, to be applied once per LR pixel
-          (`lift`), and the offset and cell columns kept together for the per-query product;
+          (`lift_queries`), and the offset and cell columns kept together for the per-query product;
         * q is separated from k/v, and the k/v rows are centred within each head, which is the
           mean subtraction of their layer norm done once on the weights instead of per query.
         """

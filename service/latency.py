@@ -38,8 +38,8 @@ def prior_from_manifest(manifest: dict[str, Any], tier: str) -> float | None:
     except KeyError:
         return None
     latency, macs = entry.get("cpu_latency_ms", {}), entry.get("macs_per_output_pixel", {})
+    side = manifest.get("cpu_latency_measured", {}).get("lr_size", _MANIFEST_LR_SIDE)
     for scale in sorted(set(latency) & set(macs), key=float):
-        side = manifest.get("cpu_latency_measured", {}).get("lr_size", _MANIFEST_LR_SIDE)
         out_side = round(side * float(scale))
         gmacs = float(macs[scale]) * out_side * out_side / 1e9
         if gmacs > 0 and float(latency[scale]) > 0:
