@@ -8,6 +8,7 @@ so the fast test, the slow test and RELIABILITY.md use the same code.
 from __future__ import annotations
 
 import asyncio
+import os
 import statistics
 import time
 from collections.abc import Awaitable, Callable
@@ -22,6 +23,12 @@ from service_support import image_bytes
 
 MIB = 1 << 20
 T = TypeVar("T")
+
+
+def overload_seconds() -> float:
+    """Length of the slow overload runs: ELASTICSR_OVERLOAD_SECONDS, 60 by default."""
+    return float(os.environ.get("ELASTICSR_OVERLOAD_SECONDS", "60"))
+
 
 BODY = image_bytes(24, 24)
 QUERY = "scale=2"

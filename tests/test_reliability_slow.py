@@ -13,7 +13,13 @@ import httpx
 import pytest
 from hostile_images import jpeg_bomb, png_bomb
 from live_server import RssSampler, live_server
-from overload import assert_jobs_contract, assert_overload_contract, run_jobs_overload, run_overload
+from overload import (
+    assert_jobs_contract,
+    assert_overload_contract,
+    overload_seconds,
+    run_jobs_overload,
+    run_overload,
+)
 from service_support import image_bytes
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(1800)]
@@ -21,7 +27,7 @@ MIB = 1 << 20
 
 
 def test_overload_60s_at_five_times_capacity() -> None:
-    seconds = float(os.environ.get("ELASTICSR_OVERLOAD_SECONDS", "60"))
+    seconds = overload_seconds()
     with live_server(max_queue="16") as server:
         report, figures = run_overload(server, seconds=seconds)
         assert server.process.poll() is None
@@ -32,7 +38,7 @@ def test_overload_60s_at_five_times_capacity() -> None:
 
 def test_async_jobs_at_five_times_capacity_none_lost() -> None:
     """The in-process queue under open-loop job submissions: every accepted job ends and is fetched."""
-    seconds = float(os.environ.get("ELASTICSR_OVERLOAD_SECONDS", "60"))
+    seconds = overload_seconds()
     with live_server(max_jobs="32") as server:
         report, figures = run_jobs_overload(server, seconds=seconds)
         assert server.process.poll() is None
