@@ -11,6 +11,7 @@ import asyncio
 import os
 import statistics
 import time
+from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from io import BytesIO
@@ -168,7 +169,7 @@ class JobsReport:
     offered_per_s: float
     submitted: int = 0
     accepted: list[str] = field(default_factory=list)
-    refused: dict[str, int] = field(default_factory=dict)  # code of each non-202 answer
+    refused: Counter[str] = field(default_factory=Counter)  # code of each non-202 answer
     ended: dict[str, str] = field(default_factory=dict)  # job id -> terminal state
     results_ok: int = 0  # succeeded jobs whose result downloaded as an image of the right size
     seconds_to_drain: float = 0.0
@@ -179,9 +180,7 @@ class JobsReport:
         return [j for j in self.accepted if j not in self.ended]
 
     def summary(self) -> dict:
-        states: dict[str, int] = {}
-        for state in self.ended.values():
-            states[state] = states.get(state, 0) + 1
+        states = Counter(self.ended.values())
         return {
             "offered_per_s": round(self.offered_per_s, 2),
             "submitted": self.submitted,
@@ -217,7 +216,7 @@ async def open_loop_jobs(
                 report.accepted.append(response.json()["id"])
             else:
                 code = f"{response.status_code} {response.json().get('code')}"
-                report.refused[code] = report.refused.get(code, 0) + 1
+                report.refused[code] += 1
 
         report.submitted = len(await on_schedule(rate_per_s, seconds, submit))
 
