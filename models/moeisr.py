@@ -44,9 +44,11 @@ BISECTION_STEPS = 24  # λ to 2^-24 of its range: far finer than any two experts
 
 @dataclass(frozen=True)
 class TrainRouting:
-    """Training knob: Gumbel routing with the logits biased by −bias·cost (budget augmentation)."""
+    """Training knob: Gumbel routing with the logits biased by −bias·cost (budget augmentation),
+    or, with `lightest`, the cheapest tier's routing (the lightest expert on every pixel)."""
 
     bias: float = 0.0
+    lightest: bool = False
 
 
 @dataclass
@@ -127,14 +129,23 @@ class MoEISR(ScalableSR):
             for i, (name, budget) in enumerate(self.TIER_BUDGETS)
         ]
 
+    LIGHTEST_SHARE = 0.2  # of training steps
+
     def sample_training_knob(self, scale: float, rng: random.Random) -> TrainRouting:
-        """Half the batches route with a random bias towards light experts, to train them on more pixels."""
-        return TrainRouting(bias=rng.uniform(0.0, 3.0) if rng.random() < 0.5 else 0.0)
+        """Sandwich rule over budgets: some steps train the cheapest tier's routing exactly (the
+        lightest expert everywhere, which the mapper alone would never give it), the rest route
+        by the mapper, half of them with a random bias towards light experts."""
+        draw = rng.random()
+        if draw < self.LIGHTEST_SHARE:
+            return TrainRouting(lightest=True)
+        return TrainRouting(bias=rng.uniform(0.0, 3.0) if draw < (1 + self.LIGHTEST_SHARE) / 2 else 0.0)
 
     # ---- network -------------------------------------------------------------------------------
     def lightest_only(self, knob: Any) -> bool:
         """A budget no routing can meet but the lightest expert everywhere: no mapper needed."""
-        return not isinstance(knob, TrainRouting) and float(knob) <= float(self.relative_cost.min())
+        if isinstance(knob, TrainRouting):
+            return knob.lightest
+        return float(knob) <= float(self.relative_cost.min())
 
     def encode(self, lr: torch.Tensor, knob: Any, out_size: tuple[int, int]) -> MoEState:
         feat = self.encoder(lr)
@@ -170,7 +181,9 @@ class MoEISR(ScalableSR):
             [torch.cat([gather_pixels(state.feat, n.index), n.rel, cell], -1) for n in neighbours], 1
         )
         gates = torch.cat([gather_pixels(state.route, n.index) for n in neighbours], 1)  # (B, 4Q, J)
-        y = sum(gates[..., j : j + 1] * expert(x) for j, expert in enumerate(self.experts))
+        # An expert whose gate is a constant zero (lightest-only steps) adds nothing, not even gradient.
+        used = [j for j in range(len(self.experts)) if state.route.requires_grad or state.route[:, j].any()]
+        y = sum(gates[..., j : j + 1] * self.experts[j](x) for j in used)
         weights = torch.cat([n.weight for n in neighbours], 1)
         return (y * weights).reshape(b, 4, q, 3).sum(1)
 
@@ -218,8 +231,9 @@ class MoEISR(ScalableSR):
         from models.implicit import bilinear_at
 
         state = self.encode(lr, knob, out_size)
-        assert state.logits is not None
         pred = self.decode(state, coord, out_size, knob) + bilinear_at(lr, coord)
+        if state.logits is None:  # lightest-only step: no mapper, nothing to balance
+            return F.l1_loss(pred, target)
         share = state.logits.softmax(1).mean(dim=(0, 2, 3))
         balance = (share - 1 / len(self.experts)).abs().sum()
         return F.l1_loss(pred, target) + BALANCE_WEIGHT * balance

@@ -128,6 +128,30 @@ def test_moeisr_budget_moves_pixels_to_lighter_experts() -> None:
     assert spent == sorted(spent)
 
 
+def test_moeisr_training_trains_the_cheapest_tier_routing(lr_image) -> None:
+    """Sandwich rule: some steps put the lightest expert on every pixel, as the b0 tier does,
+    and such a step trains that expert (and the encoder) only."""
+    import random
+
+    from models.moeisr import TrainRouting
+
+    torch.manual_seed(0)
+    model = registry.build("moeisr")
+    rng = random.Random(0)
+    draws = [model.sample_training_knob(2.0, rng) for _ in range(200)]
+    assert any(d.lightest for d in draws)
+    assert any(not d.lightest and d.bias > 0 for d in draws)
+    assert any(not d.lightest and d.bias == 0 for d in draws)
+
+    coord = torch.rand(1, 50, 2) * 2 - 1
+    target = torch.rand(1, 50, 3)
+    model.training_loss(lr_image, coord, (22, 28), TrainRouting(lightest=True), target).backward()
+    assert model.experts[0].net[0].weight.grad.abs().sum() > 0
+    assert model.encoder.head.weight.grad.abs().sum() > 0
+    for module in (model.mapper, *model.experts[1:]):
+        assert all(p.grad is None for p in module.parameters())
+
+
 def test_upscale_is_deterministic(built_models, lr_image) -> None:
     for model in built_models.values():
         a = model.upscale(lr_image, (25, 33))
