@@ -79,6 +79,7 @@ class Decision:
     candidate: Candidate | None = None
     wait_seconds: float = 0.0
     compute_seconds: float = 0.0
+    raw_wait_seconds: float = 0.0  # the wait before the learned correction: what that is learned from
     reason: str = (
         ""  # shed: queue_full | memory | deadline; reject: quality_unreachable | deadline_unachievable
     )
@@ -105,11 +106,21 @@ def contention_factor(snapshot: LoadSnapshot, weight: float) -> float:
     return 1.0 + weight * snapshot.external_cpu_utilization
 
 
-def expected_wait(snapshot: LoadSnapshot) -> float:
-    """Seconds a request admitted now waits for a worker."""
+def drain_seconds(backlog_seconds: float, workers: int) -> float:
+    """Seconds until `workers` have worked off `backlog_seconds` of predicted compute."""
+    return backlog_seconds / max(1, workers)
+
+
+def raw_wait(snapshot: LoadSnapshot) -> float:
+    """Seconds a request admitted now waits for a worker, as the backlog predicts it."""
     if snapshot.queued == 0 and snapshot.running < snapshot.workers:
         return 0.0
-    return snapshot.backlog_seconds / max(1, snapshot.workers) * snapshot.wait_correction
+    return drain_seconds(snapshot.backlog_seconds, snapshot.workers)
+
+
+def expected_wait(snapshot: LoadSnapshot) -> float:
+    """`raw_wait` times the pool's learned correction (real waits run longer than predicted)."""
+    return raw_wait(snapshot) * snapshot.wait_correction
 
 
 def choose(
@@ -185,7 +196,9 @@ def choose(
     fitting = [c for c in eligible if fits(c)]
     if fitting:
         best = max(fitting, key=Candidate.rank)
-        return Decision("run", best, wait_seconds=wait, compute_seconds=compute(best))
+        return Decision(
+            "run", best, wait_seconds=wait, compute_seconds=compute(best), raw_wait_seconds=raw_wait(snapshot)
+        )
 
     cheapest = cheapest_eligible
     idle_seconds = compute(cheapest, 1.0)

@@ -106,13 +106,12 @@ class InferencePool:
 
     # --- serving ----------------------------------------------------------------------------------
     def admit(self, predicted_seconds: float, deadline_at: float, predicted_wait: float = 0.0) -> Ticket:
-        """Reserve a place in line now (synchronously, right after the decision, so no race).
+        """Reserve a place in line now (synchronously, so no race with other admissions).
 
-        `predicted_wait` is the controller's (corrected) wait for this request; the pool learns
-        from how long it really waits.
+        `predicted_wait` is the controller's wait for this request before the correction the
+        pool learned (`Decision.raw_wait_seconds`): the pool learns from how long it really waits.
         """
-        raw_wait = predicted_wait / self.wait_correction
-        ticket = Ticket(predicted_seconds, deadline_at, raw_wait, id=next(self._ids))
+        ticket = Ticket(predicted_seconds, deadline_at, predicted_wait, id=next(self._ids))
         self._queued.add(ticket)
         return ticket
 

@@ -139,7 +139,7 @@ async def render(
         return late.compute_seconds, work(late.candidate)
 
     deadline_at = started + budget_seconds - encode_estimate  # compute must end by then
-    ticket = runtime.pool.admit(decision.compute_seconds, deadline_at, decision.wait_seconds)
+    ticket = runtime.pool.admit(decision.compute_seconds, deadline_at, decision.raw_wait_seconds)
     running = runtime.pool.run(ticket, work(chosen), downgrade)
     result = await (watch(running) if watch is not None else running)
     chosen = decision.candidate

@@ -69,6 +69,8 @@ def test_measured_wait_correction_scales_the_wait_and_the_choice() -> None:
     assert picked(choose(busy(0.5), CANDIDATES, need)) == ("ssrno", "X")
     corrected = choose(replace(busy(0.5), wait_correction=2.4), CANDIDATES, need)
     assert picked(corrected) == ("anysr", "w1") and corrected.wait_seconds == pytest.approx(1.2)
+    # The pool learns the correction from the prediction made before it, which the decision carries.
+    assert corrected.raw_wait_seconds == pytest.approx(0.5)
 
 
 def test_impossible_under_load_is_shed_with_retry_after() -> None:

@@ -14,6 +14,7 @@ import logging
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 
+from service.controller import drain_seconds
 from service.errors import Unavailable
 from service.jobs.model import JobRecord, JobState
 from service.metrics import Metrics
@@ -40,7 +41,7 @@ class Claim:
 
 
 def queue_full(depth: int, stats: QueueStats) -> Unavailable:
-    wait = stats.backlog_seconds / max(1, stats.workers)
+    wait = drain_seconds(stats.backlog_seconds, stats.workers)
     return Unavailable(
         f"the job queue is full ({depth} jobs wait)",
         code="overloaded",
