@@ -33,6 +33,9 @@ LAYER_NORM_EPS = 1e-5  # F.layer_norm's default, which the weights were trained 
 # Σkᵀv for heads thinner than this is one dense a×a product whose diagonal blocks are kept: h×
 # the MACs, yet 2–4× faster on CPU than h thin products of odd sizes (`models.bench`).
 DENSE_KV_BELOW = 16
+# Queries per tile of the per-query layers at inference: a tile's 256-wide activations (4 MiB)
+# stay in cache from one layer to the next; whole 65,536-query chunks spilled to memory.
+QUERY_TILE = 4096
 
 
 @dataclass(frozen=True)
@@ -321,35 +324,67 @@ class GalerkinSR(ScalableSR):
     def render(self, lr: torch.Tensor, size: tuple[int, int], knob: Any, chunk: int) -> torch.Tensor:
         """Exact chunked decoding: one pass per attention block accumulates its global Σkᵀv.
 
-        Later passes recompute earlier layers chunk by chunk instead of storing them, so peak
-        memory depends on the chunk, not on the output size (at most blocks+1 passes).
+        With several chunks, later passes recompute earlier layers chunk by chunk instead of
+        storing them, so peak memory depends on the chunk, not on the output size (at most
+        blocks+1 passes); a single chunk is lifted once and carried from block to block. Within
+        a chunk the per-query layers run `QUERY_TILE` queries at a time, so that their widest
+        activations stay in cache between one layer and the next.
         """
-        b, total = lr.shape[0], size[0] * size[1]
-        if total <= chunk:
-            return super().render(lr, size, knob, chunk)
         state = self.encode(lr, knob, size)
         p, dec = state.weights, self.decoder
+        b, total = lr.shape[0], size[0] * size[1]
+        out = torch.empty(b, total, 3, device=lr.device)
         attention: list[tuple[torch.Tensor, torch.Tensor]] = []
 
-        def run_chunk(start: int, stop: int, depth: int) -> tuple[torch.Tensor, torch.Tensor]:
+        def lifted(start: int, stop: int) -> tuple[torch.Tensor, torch.Tensor]:
             coord = flat_coords(size, start, stop, lr.device).expand(b, -1, -1)
-            x = dec.lift_queries(p, state.feat, coord, size)
-            for i in range(depth):
-                x = dec.block(p, i, x, attention[i])
-            return x, coord
+            return dec.lift_queries(p, state.feat, coord, size), coord
+
+        def tiles(n: int) -> list[tuple[int, int]]:
+            return [(s, min(n, s + QUERY_TILE)) for s in range(0, n, QUERY_TILE)]
+
+        def average(parts: list[torch.Tensor]) -> torch.Tensor:
+            return torch.stack(parts).sum(0) / total
+
+        if total <= chunk:
+            x, coord = lifted(0, total)
+            kv = average([dec.kv_sum(p, 0, x[:, s:e]) for s, e in tiles(total)])
+            for i in range(dec.blocks):
+                attention.append(dec.attention_map(p, i, kv))
+                parts = []
+                for s, e in tiles(total):
+                    y = dec.block(p, i, x[:, s:e], attention[i])
+                    if i + 1 < dec.blocks:
+                        x[:, s:e] = y
+                        parts.append(dec.kv_sum(p, i + 1, y))
+                    else:
+                        out[:, s:e] = dec.head(p, y)
+                kv = average(parts) if parts else kv
+            out += bilinear_at(lr, coord)
+            return out.transpose(1, 2).reshape(b, 3, *size)
+
+        chunks = [(start, min(total, start + chunk)) for start in range(0, total, chunk)]
+
+        def through(x: torch.Tensor, depth: int):
+            """Each tile of a chunk's lifted queries after blocks < depth."""
+            for s, e in tiles(x.shape[1]):
+                y = x[:, s:e]
+                for i in range(depth):
+                    y = dec.block(p, i, y, attention[i])
+                yield s, e, y
 
         for i in range(dec.blocks):
-            acc = None
-            for start in range(0, total, chunk):
-                x, _ = run_chunk(start, min(total, start + chunk), i)
-                part = dec.kv_sum(p, i, x)
-                acc = part if acc is None else acc + part
-            attention.append(dec.attention_map(p, i, acc / total))
-        out = torch.empty(b, total, 3, device=lr.device)
-        for start in range(0, total, chunk):
-            stop = min(total, start + chunk)
-            x, coord = run_chunk(start, stop, dec.blocks)
-            out[:, start:stop] = dec.head(p, x) + bilinear_at(lr, coord)
+            parts = [
+                dec.kv_sum(p, i, y)
+                for start, stop in chunks
+                for _, _, y in through(lifted(start, stop)[0], i)
+            ]
+            attention.append(dec.attention_map(p, i, average(parts)))
+        for start, stop in chunks:
+            x, coord = lifted(start, stop)
+            for s, e, y in through(x, dec.blocks):
+                out[:, start + s : start + e] = dec.head(p, y)
+            out[:, start:stop] += bilinear_at(lr, coord)
         return out.transpose(1, 2).reshape(b, 3, *size)
 
     def macs_for(self, knob: Any, lr_size, out_size, max_queries: int = DEFAULT_MAX_QUERIES) -> int:
