@@ -32,6 +32,8 @@ from models.tiers import Tier
 STAGE_DECAY = 0.75
 # CLIT's gathers are g²·dim per query: decode fewer queries per chunk than the default.
 MAX_CHUNK = 16384
+# Queries per tile inside a chunk: a tile's gathered codes (g²·dim each) and MLP activations stay in cache.
+QUERY_TILE = 2048
 
 
 @dataclass
@@ -97,40 +99,55 @@ class Stage(nn.Module):
         sample = torch.stack([coord[..., 1], band_y], -1).unsqueeze(1)
         q = F.grid_sample(q_map, sample, mode="bilinear", padding_mode="border", align_corners=False)
         q = q[:, :, 0].transpose(1, 2).reshape(bsz, nq, heads, -1)
-        offs = torch.arange(-r, r + 1, device=coord.device)
-        ny = (iy[..., None, None] + offs[:, None]).expand(-1, -1, 2 * r + 1, 2 * r + 1).flatten(2)
-        nx = (ix[..., None, None] + offs[None, :]).expand(-1, -1, 2 * r + 1, 2 * r + 1).flatten(2)
-        inside = (ny >= 0) & (ny < gh) & (nx >= 0) & (nx < gw)
-        g2 = ny.shape[-1]
         rows = (b - a) * gw
-        # Row of each neighbour in the band's pixels, batch by batch; outside the grid, the zero
-        # row appended after each band (what a zero-padded grid would give).
-        index = torch.where(inside, (ny.clamp(0, gh - 1) - a) * gw + nx.clamp(0, gw - 1), rows)
-        index = (index + (torch.arange(bsz, device=coord.device) * (rows + 1))[:, None, None]).flatten()
-
-        def gather(m: torch.Tensor) -> torch.Tensor:
-            """(B, Q, g², heads, dh) codes of the neighbours: whole rows of a pixel-major copy."""
-            table = F.pad(m.flatten(2).transpose(1, 2), (0, 0, 0, 1)).reshape(-1, m.shape[1])
-            return table.index_select(0, index).view(bsz, nq, g2, heads, -1)
-
-        k, v = gather(k_map), gather(v_map)
-        cy = -1 + (2 * ny.float() + 1) / gh
-        cx = -1 + (2 * nx.float() + 1) / gw
-        rel = torch.stack([(coord[..., 0:1] - cy) * gh, (coord[..., 1:2] - cx) * gw], -1)  # (B, Q, g², 2)
-        angles = rel[..., None] * self.freqs  # (B, Q, g², 2, F)
-        pe = torch.cat([angles.sin(), angles.cos()], -1).flatten(-2)
+        # Pixel-major copies of the k and v bands, each band followed by a zero row: the code of
+        # a neighbour outside the grid (what a zero-padded grid would give).
+        k_table, v_table = (
+            F.pad(m.flatten(2).transpose(1, 2), (0, 0, 0, 1)).flatten(0, 1) for m in (k_map, v_map)
+        )
+        # The cell is the same for every query of an image, so its part of the MLP's first layer
+        # is a per-image bias and the g²·dim attended values need no concatenation.
+        first = self.mlp.net[0]
+        wide = first.in_features - 2
+        cell = relative_cell(out_size, grid, bsz, coord.device)
+        cell_bias = F.linear(cell, first.weight[:, wide:], first.bias)[:, None]  # (B, 1, hidden)
+        offs = torch.arange(-r, r + 1, device=coord.device)
+        batch_rows = (torch.arange(bsz, device=coord.device) * (rows + 1))[:, None, None]
         dh = self.dim // heads
-        logits = (k * q[:, :, None]).sum(-1) / math.sqrt(dh)  # (B, Q, g², heads)
-        attn = (logits + self.bias(pe)).softmax(dim=2)
-        weighted = (v * attn[..., None]).reshape(bsz, nq, -1)
-        cell = relative_cell(out_size, grid, bsz, coord.device)[:, None, :].expand(-1, nq, -1)
-        return self.mlp(torch.cat([weighted, cell], -1))
 
-    def macs(self, grid_pixels: int, queries: int) -> int:
+        def attend(s: int, e: int) -> torch.Tensor:
+            """Residual of queries [s, e): attention over their g×g neighbours, then the MLP."""
+            n = e - s
+            ny = (iy[:, s:e, None, None] + offs[:, None]).expand(-1, -1, 2 * r + 1, 2 * r + 1).flatten(2)
+            nx = (ix[:, s:e, None, None] + offs[None, :]).expand(-1, -1, 2 * r + 1, 2 * r + 1).flatten(2)
+            inside = (ny >= 0) & (ny < gh) & (nx >= 0) & (nx < gw)
+            index = torch.where(inside, (ny.clamp(0, gh - 1) - a) * gw + nx.clamp(0, gw - 1), rows)
+            index = (index + batch_rows).flatten()
+            g2 = ny.shape[-1]
+            k = k_table.index_select(0, index).view(bsz, n, g2, heads, dh)
+            v = v_table.index_select(0, index).view(bsz, n, g2, heads, dh)
+            cy = -1 + (2 * ny.float() + 1) / gh
+            cx = -1 + (2 * nx.float() + 1) / gw
+            c = coord[:, s:e]
+            rel = torch.stack([(c[..., 0:1] - cy) * gh, (c[..., 1:2] - cx) * gw], -1)  # (B, n, g², 2)
+            angles = rel[..., None] * self.freqs  # (B, n, g², 2, F)
+            pe = torch.cat([angles.sin(), angles.cos()], -1).flatten(-2)
+            logits = (k * q[:, s:e, None]).sum(-1) / math.sqrt(dh)  # (B, n, g², heads)
+            attn = (logits + self.bias(pe)).softmax(dim=2)
+            weighted = (v * attn[..., None]).reshape(bsz, n, -1)
+            return self.mlp.net[1:](F.linear(weighted, first.weight[:, :wide]) + cell_bias)
+
+        # Tiles of queries keep the gathered codes and the MLP's activations in cache.
+        return torch.cat([attend(s, min(nq, s + QUERY_TILE)) for s in range(0, nq, QUERY_TILE)], 1)
+
+    def macs(self, grid_pixels: int, queries: int, chunks: int = 1) -> int:
+        """MACs of `chunks` calls on bands of `grid_pixels` in all, for `queries` in all (batch 1)."""
         g2 = (2 * self.radius + 1) ** 2
         conv = 9 * self.dim * 3 * self.dim * grid_pixels
-        per_query = g2 * self.bias.in_features * self.heads + self.mlp.macs_per_query
-        return conv + per_query * queries
+        first = self.mlp.net[0]
+        cell = 2 * first.out_features  # the cell's part of the first layer, once per call
+        per_query = g2 * self.bias.in_features * self.heads + self.mlp.macs_per_query - cell
+        return conv + per_query * queries + cell * chunks
 
 
 @register("clit")
@@ -195,7 +212,7 @@ class CLIT(ScalableSR):
             lo = nearest_index(first, grid[0]) - stage.radius - 1
             hi = nearest_index(last, grid[0]) + stage.radius + 2
             band_rows = int((hi.clamp(max=grid[0]) - lo.clamp(min=0)).sum())
-            total += stage.macs(band_rows * grid[1], out_px)
+            total += stage.macs(band_rows * grid[1], out_px, len(starts))
         return total
 
     def params_used(self, knob: Any) -> int:
