@@ -343,23 +343,20 @@ class GalerkinSR(ScalableSR):
         def tiles(n: int) -> list[tuple[int, int]]:
             return [(s, min(n, s + QUERY_TILE)) for s in range(0, n, QUERY_TILE)]
 
-        def average(parts: list[torch.Tensor]) -> torch.Tensor:
-            return torch.stack(parts).sum(0) / total
-
+        # Σkᵀv is summed tile by tile as the tiles go: never a list that grows with the output.
         if total <= chunk:
             x, coord = lifted(0, total)
-            kv = average([dec.kv_sum(p, 0, x[:, s:e]) for s, e in tiles(total)])
+            kv = sum(dec.kv_sum(p, 0, x[:, s:e]) for s, e in tiles(total))
             for i in range(dec.blocks):
-                attention.append(dec.attention_map(p, i, kv))
-                parts = []
+                attention.append(dec.attention_map(p, i, kv / total))
+                kv = 0
                 for s, e in tiles(total):
                     y = dec.block(p, i, x[:, s:e], attention[i])
                     if i + 1 < dec.blocks:
                         x[:, s:e] = y
-                        parts.append(dec.kv_sum(p, i + 1, y))
+                        kv = kv + dec.kv_sum(p, i + 1, y)
                     else:
                         out[:, s:e] = dec.head(p, y)
-                kv = average(parts) if parts else kv
             out += bilinear_at(lr, coord)
             return out.transpose(1, 2).reshape(b, 3, *size)
 
@@ -374,12 +371,12 @@ class GalerkinSR(ScalableSR):
                 yield s, e, y
 
         for i in range(dec.blocks):
-            parts = [
+            kv = sum(
                 dec.kv_sum(p, i, y)
                 for start, stop in chunks
                 for _, _, y in through(lifted(start, stop)[0], i)
-            ]
-            attention.append(dec.attention_map(p, i, average(parts)))
+            )
+            attention.append(dec.attention_map(p, i, kv / total))
         for start, stop in chunks:
             x, coord = lifted(start, stop)
             for s, e, y in through(x, dec.blocks):
