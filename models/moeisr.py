@@ -16,6 +16,7 @@ run at all.
 from __future__ import annotations
 
 import random
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -105,12 +106,25 @@ def budget_routing(
     return torch.stack(out)
 
 
+def expert_groups(pick: torch.Tensor, experts: int) -> Iterator[tuple[int, torch.Tensor | None]]:
+    """Each expert that `pick` uses, with the positions it takes (None when it takes all of them,
+    so that callers can use whole tensors instead of copies)."""
+    for j in range(experts):
+        mask = pick == j
+        if mask.all():
+            yield j, None
+            return
+        if mask.any():
+            yield j, mask.nonzero().squeeze(1)
+
+
 @register("moeisr")
 class MoEISR(ScalableSR):
     """EDSR-baseline + 5-layer CNN mapper + experts of depth 2/3/4/5; knob = expert budget."""
 
     DEPTHS = (2, 3, 4, 5)
     TIER_BUDGETS = (("b0", 0.0), ("b25", 0.25), ("b45", 0.45), ("b70", 0.7), ("full", 1.0))
+    LIGHTEST_SHARE = 0.2  # of training steps that route every pixel to the lightest expert
 
     def __init__(self, hidden: int = 256, mapper_width: int = 64, **_: Any) -> None:
         super().__init__()
@@ -131,8 +145,6 @@ class MoEISR(ScalableSR):
             Tier(name, i, budget, f"budget={budget:g}", self.params_used(budget))
             for i, (name, budget) in enumerate(self.TIER_BUDGETS)
         ]
-
-    LIGHTEST_SHARE = 0.2  # of training steps
 
     def sample_training_knob(self, scale: float, rng: random.Random) -> TrainRouting:
         """Sandwich rule over budgets: some steps train the cheapest tier's routing exactly (the
@@ -207,26 +219,19 @@ class MoEISR(ScalableSR):
         band_pick = state.pick[:, lo * w : hi * w].reshape(-1)
         first = [e.net[0] for e in self.experts]
         table = band.new_empty(band.shape[0], first[0].out_features)
-        for j, layer in enumerate(first):
-            sel = band_pick == j
-            if sel.all():  # one expert takes the whole band (low budgets): no copies in and out
-                table = F.linear(band, layer.weight[:, :c])
-            elif sel.any():
-                table[sel] = F.linear(band[sel], layer.weight[:, :c])
+        for j, at in expert_groups(band_pick, len(first)):
+            if at is None:  # one expert takes the whole band (low budgets): no copies in and out
+                table = F.linear(band, first[j].weight[:, :c])
+            else:
+                table[at] = F.linear(band[at], first[j].weight[:, :c])
         offset = (torch.arange(b, device=coord.device) * (hi - lo) * w)[:, None] - lo * w
         rows = torch.cat([n.index for n in neighbours], 1).add_(offset).flatten()  # (B·4Q) into table
         cell = relative_cell(out_size, (h, w), b, coord.device)[:, None, :].expand(-1, q, -1)
         pos = torch.cat([torch.cat([n.rel, cell], -1) for n in neighbours], 1).reshape(-1, 4)
         pick = band_pick[rows]
         y = pos.new_empty(pos.shape[0], 3)
-        for j, (expert, layer) in enumerate(zip(self.experts, first, strict=True)):
-            mask = pick == j
-            if mask.all():  # one expert for every pair: tiles are plain slices
-                pairs = None
-            elif mask.any():
-                pairs = mask.nonzero().squeeze(1)
-            else:
-                continue
+        for j, pairs in expert_groups(pick, len(first)):
+            expert, layer = self.experts[j], first[j]
             n = pos.shape[0] if pairs is None else pairs.shape[0]
             for s in range(0, n, PAIR_TILE):  # a tile's hidden activations stay in cache
                 at = slice(s, s + PAIR_TILE) if pairs is None else pairs[s : s + PAIR_TILE]
