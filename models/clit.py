@@ -33,7 +33,7 @@ STAGE_DECAY = 0.75
 # CLIT's gathers are g²·dim per query: decode fewer queries per chunk than the default.
 MAX_CHUNK = 16384
 # Queries per tile inside a chunk: a tile's gathered codes (g²·dim each) and MLP activations stay in cache.
-QUERY_TILE = 2048
+ATTENTION_TILE = 2048
 
 
 @dataclass
@@ -138,7 +138,7 @@ class Stage(nn.Module):
             return self.mlp.net[1:](F.linear(weighted, first.weight[:, :wide]) + cell_bias)
 
         # Tiles of queries keep the gathered codes and the MLP's activations in cache.
-        return torch.cat([attend(s, min(nq, s + QUERY_TILE)) for s in range(0, nq, QUERY_TILE)], 1)
+        return torch.cat([attend(s, min(nq, s + ATTENTION_TILE)) for s in range(0, nq, ATTENTION_TILE)], 1)
 
     def macs(self, grid_pixels: int, queries: int, chunks: int = 1) -> int:
         """MACs of `chunks` calls on bands of `grid_pixels` in all, for `queries` in all (batch 1)."""

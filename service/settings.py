@@ -184,7 +184,11 @@ class Settings(BaseSettings):
     # --- inference ---
     workers: int = Field(0, ge=0, description="Parallel inference workers; 0 = 1 on CPU, 2 on GPU.")
     torch_threads: int = Field(0, ge=0, description="Torch intra-op threads; 0 = CPU cores / workers.")
-    max_queries: int = Field(65536, gt=0, description="Output pixels decoded per chunk (bounds peak memory).")
+    max_queries: int = Field(
+        65536,
+        gt=0,
+        description="Output pixels decoded per chunk at full decoder width (bounds peak memory).",
+    )
     warmup: bool = Field(True, description="Run every tier once at start-up to calibrate the latency model.")
     warmup_size: int = Field(16, ge=4, description="Side of the square input used by warm-up (output is 2×).")
     warmup_runs: int = Field(1, ge=1, description="Timed warm-up runs per tier (after one untimed run).")

@@ -91,6 +91,20 @@ def test_mac_accounting_matches_a_counted_forward_pass(built_models, lr_image, n
         assert counter.get_total_flops() // 2 == expected, tier.name
 
 
+def test_narrow_galerkin_tiers_take_more_queries_per_chunk(built_models, lr_image) -> None:
+    """The chunk budget is in full-width activations: AnySR's half-width subnet decodes an output
+    in one pass where the full net needs several, with the same result as unchunked."""
+    model = built_models["anysr"]
+    size = (30, 40)
+    half, full = model.tiers()[0], model.tiers()[-1]
+    lr_size = tuple(lr_image.shape[-2:])
+    budget = 700  # 1,200 queries: two chunks at full width, one at half width
+    assert model.macs(half, lr_size, size, max_queries=budget) == model.macs(half, lr_size, size, 10**9)
+    assert model.macs(full, lr_size, size, max_queries=budget) > model.macs(full, lr_size, size, 10**9)
+    whole = model.upscale(lr_image, size, half, max_queries=10**9)
+    assert torch.equal(model.upscale(lr_image, size, half, max_queries=budget), whole)
+
+
 def test_moeisr_routed_macs_are_counted_exactly_and_budget_is_monotone(built_models, lr_image) -> None:
     model = built_models["moeisr"]
     size = (30, 41)
