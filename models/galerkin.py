@@ -123,7 +123,8 @@ class GalerkinDecoder(nn.Module):
         """The same layers regrouped for fast decoding; the maths is unchanged.
 
         * lift: the neighbour-feature columns are split off, to be applied once per LR pixel
-          (`lift_queries`), and the offset and cell columns kept together for the per-query product;
+          (`lift_queries`), and the offset and cell columns kept together with the bias for the
+          per-query product;
         * q is separated from k/v, and the k/v rows are centred within each head, which is the
           mean subtraction of their layer norm done once on the weights instead of per query.
         """
@@ -133,8 +134,8 @@ class GalerkinDecoder(nn.Module):
         out: Weights = {
             # (4d, C): row block k projects neighbour k's feature (its columns 8+kC … 8+(k+1)C).
             "lift.feat": lw[:, 8 : 8 + c].reshape(d, 4, c // 4).transpose(0, 1).reshape(4 * d, c // 4),
-            "lift.pos": torch.cat([lw[:, :8], lw[:, 8 + c :]], 1),  # offsets (8) then cell (2)
-            "lift.b": raw["lift.b"],
+            # offsets (8), cell (2), then the bias, multiplied by a column of ones
+            "lift.pos": torch.cat([lw[:, :8], lw[:, 8 + c :], raw["lift.b"][:, None]], 1),
         }
         out.update({k: raw[k] for k in ("fc1.w", "fc1.b", "fc2.w", "fc2.b")})
         for i in range(self.blocks):
@@ -160,23 +161,26 @@ class GalerkinDecoder(nn.Module):
 
         Each neighbour's feature enters linearly, scaled by its ensemble weight, so its product
         with the lift weights is taken once per LR pixel (only over the band of LR rows these
-        queries touch, `band_rows`) and gathered per query: 4·d gathered values per query instead of a
-        (4C+10)-wide concatenation and product.
+        queries touch, `band_rows`) and gathered per query: a weighted sum of 4 table rows (one
+        fused `embedding_bag`) instead of a (4C+10)-wide concatenation and product. The offset,
+        cell and bias product then adds into that sum in place.
         """
         b, q = coord.shape[:2]
         h, w = feat.shape[-2:]
-        d = p["lift.b"].shape[0]
+        d = p["lift.pos"].shape[0]
         neighbours = four_neighbours(coord, (h, w))
         lo, hi = band_rows(neighbours, w)
         band = feat[:, :, lo:hi].flatten(2).transpose(1, 2)  # (B, P, C)
         table = F.linear(band, p["lift.feat"]).reshape(-1, d)  # row (b, pixel, neighbour slot)
         first = (torch.arange(b, device=coord.device) * (band.shape[1] * 4))[:, None] - lo * w * 4
+        rows = torch.stack([first + n.index * 4 + k for k, n in enumerate(neighbours)], -1)
+        weights = torch.cat([n.weight for n in neighbours], -1)
+        x = F.embedding_bag(rows.view(-1, 4), table, per_sample_weights=weights.view(-1, 4), mode="sum")
         cell = relative_cell(out_size, (h, w), b, coord.device)[:, None, :].expand(-1, q, -1)
-        x = F.linear(torch.cat([*(n.rel for n in neighbours), cell], -1), p["lift.pos"], p["lift.b"])
-        for k, n in enumerate(neighbours):
-            rows = table.index_select(0, (first + n.index * 4 + k).flatten()).view(b, q, d)
-            x = x.addcmul_(rows, n.weight) if not torch.is_grad_enabled() else x + rows * n.weight
-        return x
+        pos = torch.cat([*(n.rel for n in neighbours), cell, coord.new_ones(b, q, 1)], -1).view(-1, 11)
+        pos_t = p["lift.pos"].t()
+        x = x.addmm_(pos, pos_t) if not torch.is_grad_enabled() else torch.addmm(x, pos, pos_t)
+        return x.view(b, q, d)
 
     def kv_sum(self, p: Weights, i: int, x: torch.Tensor) -> torch.Tensor:
         """Σ over this chunk's pixels of kᵀv, per head: (B, heads, dh, dh).
@@ -253,7 +257,7 @@ class GalerkinDecoder(nn.Module):
         d, heads = widths.trunk, self.heads
         c = (self.lift.in_features - 10) // 4
         total_q = out_size[0] * out_size[1]
-        pos = 10 * d
+        pos = 11 * d  # offsets, cell and the bias's column of ones
         head = d * self.fc1.out_features + self.fc1.out_features * 3
         kv, run, maps = [], [], 0
         for i in range(self.blocks):

@@ -218,12 +218,14 @@ class MoEISR(ScalableSR):
         band = state.feat[:, :, lo:hi].flatten(2).transpose(1, 2).reshape(-1, c)  # (B·P, C)
         band_pick = state.pick[:, lo * w : hi * w].reshape(-1)
         first = [e.net[0] for e in self.experts]
+        # Each pixel's row holds its expert's feature product and that layer's bias, which every
+        # pair adds exactly once.
         table = band.new_empty(band.shape[0], first[0].out_features)
         for j, at in expert_groups(band_pick, len(first)):
             if at is None:  # one expert takes the whole band (low budgets): no copies in and out
-                table = F.linear(band, first[j].weight[:, :c])
+                table = F.linear(band, first[j].weight[:, :c], first[j].bias)
             else:
-                table[at] = F.linear(band[at], first[j].weight[:, :c])
+                table[at] = F.linear(band[at], first[j].weight[:, :c], first[j].bias)
         offset = (torch.arange(b, device=coord.device) * (hi - lo) * w)[:, None] - lo * w
         rows = torch.cat([n.index for n in neighbours], 1).add_(offset).flatten()  # (B·4Q) into table
         cell = relative_cell(out_size, (h, w), b, coord.device)[:, None, :].expand(-1, q, -1)
@@ -231,11 +233,12 @@ class MoEISR(ScalableSR):
         pick = band_pick[rows]
         y = pos.new_empty(pos.shape[0], 3)
         for j, pairs in expert_groups(pick, len(first)):
-            expert, layer = self.experts[j], first[j]
+            expert, pos_weight = self.experts[j], first[j].weight[:, c:].t()
             n = pos.shape[0] if pairs is None else pairs.shape[0]
             for s in range(0, n, PAIR_TILE):  # a tile's hidden activations stay in cache
                 at = slice(s, s + PAIR_TILE) if pairs is None else pairs[s : s + PAIR_TILE]
-                hidden = F.linear(pos[at], layer.weight[:, c:], layer.bias).add_(table[rows[at]])
+                # The gathered rows are the output buffer: the offset/cell product adds into them.
+                hidden = table.index_select(0, rows[at]).addmm_(pos[at], pos_weight)
                 y[at] = expert.net[1:](hidden)
         weights = torch.cat([n.weight for n in neighbours], 1)
         return (y.view(b, 4 * q, 3) * weights).reshape(b, 4, q, 3).sum(1)
