@@ -6,10 +6,7 @@ For every candidate (method, tier) the predicted latency is
               (0 when a worker is free and nobody queues; the correction is the measured ratio of
               real to predicted waits: hand-offs between jobs and predictions made low by load)
     compute = overhead + request GMACs × tier's seconds per GMAC × contention factor
-    total   = wait + compute × compute margin
-              (the margin is the measured ratio of real to predicted compute times, mean plus a
-              few deviations: the same factor the inference pool checks again when a worker
-              frees up, so a request is not admitted to a tier that check would refuse)
+    total   = wait + compute
 
 and the choice is the candidate with the highest predicted quality (manifest PSNR at the request's
 scale; ties broken by tier index, then by fewer MACs) whose total fits the request's time budget
@@ -181,7 +178,6 @@ def choose(
         )
 
     factor = contention_factor(snapshot, config.contention_weight)
-    margin = snapshot.compute_margin
     prev = next((c for c in eligible if c.key == previous), None)
 
     def compute(c: Candidate, contention: float = factor) -> float:
@@ -195,7 +191,7 @@ def choose(
             limit *= 1.0 - config.reserve  # leave the cheapest tier room to absorb a spike
         if prev is not None and c.rank() > prev.rank():
             limit *= 1.0 - config.hysteresis  # climbing needs headroom
-        return wait + compute(c) * margin <= limit
+        return wait + compute(c) <= limit
 
     fitting = [c for c in eligible if fits(c)]
     if fitting:
@@ -218,7 +214,7 @@ def choose(
                 "raise deadline_ms or ask for a smaller output"
             ),
         )
-    excess = wait + compute(cheapest) * margin - need.budget_seconds
+    excess = wait + compute(cheapest) - need.budget_seconds
     return Decision(
         "shed",
         cheapest,
@@ -228,7 +224,7 @@ def choose(
         retry_after_seconds=max(1.0, excess),
         message=(
             "the server is busy: the cheapest tier would finish in about "
-            f"{(wait + compute(cheapest) * margin) * 1000:.0f} ms, "
+            f"{(wait + compute(cheapest)) * 1000:.0f} ms, "
             f"past the {need.budget_seconds * 1000:.0f} ms budget"
         ),
     )

@@ -8,8 +8,7 @@ Predictions stray: on a saturated machine each hand-off between jobs goes throug
 loop, and queued work was predicted at lighter load. So the pool measures how real waits and
 compute times compare with their predictions (service/misprediction.py) and offers two factors,
 each the mean ratio plus `deviations` mean deviations: `wait_correction`, which the controller
-multiplies into its wait prediction, and `compute_margin`, which the controller applies to compute
-at admission and the start-time check applies again with the wait that really happened.
+multiplies into its wait prediction, and `compute_margin`, which the start-time check applies.
 When a worker frees up, a request that can no longer finish its predicted compute before its
 deadline is not run as planned: a `fallback` may swap in cheaper work that still fits (the
 controller's choice for the time left), otherwise it is dropped. Starting it anyway would answer

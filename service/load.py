@@ -32,7 +32,7 @@ class LoadSnapshot:
     max_queue: int = 32
     backlog_seconds: float = 0.0  # predicted compute still owed to admitted requests
     wait_correction: float = 1.0  # factor on predicted waits, learned by the inference pool
-    compute_margin: float = 1.0  # factor on predicted compute (admission and start), likewise
+    compute_margin: float = 1.0  # factor on predicted compute at start time, likewise
 
     @property
     def external_cpu_utilization(self) -> float:

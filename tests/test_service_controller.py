@@ -204,18 +204,3 @@ def test_slack_reserve_degrades_before_the_deadline_but_keeps_the_cheapest_whole
     # A single (static or pinned) candidate is the cheapest of its list: the reserve never sheds it.
     only_x = [c for c in CANDIDATES if c.tier == "X"]
     assert picked(choose(busy(0.9), only_x, need, reserved)) == ("ssrno", "X")
-
-
-def test_compute_margin_applies_at_admission_as_at_start() -> None:
-    need = Need(budget_seconds=1.5)
-    # X predicts 1.0 s: fits as predicted, but not once compute is known to run 1.6× long; w1's
-    # 0.6 s × 1.6 = 0.96 s does. The decision keeps the unmargined compute: the pool's start-time
-    # check multiplies by the margin itself.
-    assert picked(choose(IDLE, CANDIDATES, need)) == ("ssrno", "X")
-    decision = choose(replace(IDLE, compute_margin=1.6), CANDIDATES, need)
-    assert picked(decision) == ("anysr", "w1")
-    assert decision.compute_seconds == pytest.approx(0.6)
-    # Nothing fits: the retry advice counts the margin too (3.0 wait + 0.1 × 2 - 1.0 budget).
-    shed = choose(replace(busy(3.0), compute_margin=2.0), CANDIDATES, Need(budget_seconds=1.0))
-    assert shed.outcome == "shed" and shed.reason == "deadline"
-    assert shed.retry_after_seconds == pytest.approx(2.2)
