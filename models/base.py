@@ -92,11 +92,18 @@ class ScalableSR(nn.Module):
         scale = (out_h / lr.shape[2], out_w / lr.shape[3])
         knob = self.tier(tier, scale).knob
         x = (lr.float() - 0.5) / 0.5
-        out = self.render(x, (out_h, out_w), knob, max(1, max_queries // lr.shape[0]))
+        chunk = self.chunk_queries(knob, max(1, max_queries // lr.shape[0]), (out_h, out_w))
+        out = self.render(x, (out_h, out_w), knob, chunk)
         return (out * 0.5 + 0.5).clamp_(0, 1)
 
+    def chunk_queries(self, knob: Any, budget: int, out_size: tuple[int, int]) -> int:
+        """Queries per chunk for `budget`, the per-image `max_queries`: the budget itself, unless
+        a method's per-query memory differs (it then overrides this, and its `macs` counts with it)."""
+        return budget
+
     def render(self, lr: torch.Tensor, size: tuple[int, int], knob: Any, chunk: int) -> torch.Tensor:
-        """Decode every output pixel chunk by chunk (exact for decoders with independent queries)."""
+        """Decode every output pixel in chunks of `chunk` queries (`chunk_queries` of the budget;
+        exact for decoders with independent queries)."""
         state = self.encode(lr, knob, size)
         b, total = lr.shape[0], size[0] * size[1]
         out = torch.empty(b, total, 3, device=lr.device)

@@ -190,20 +190,16 @@ class CLIT(ScalableSR):
             out = res if out is None else STAGE_DECAY * out + res
         return out
 
-    @staticmethod
-    def chunk_size(max_queries: int, out_size: tuple[int, int]) -> int:
-        """Queries per chunk: capped for CLIT's wide gathers, but never less than one output row."""
-        return min(max_queries, max(MAX_CHUNK, out_size[1]))
-
-    def render(self, lr, size, knob, chunk):
-        return super().render(lr, size, knob, self.chunk_size(chunk, size))
+    def chunk_queries(self, knob: Any, budget: int, out_size: tuple[int, int]) -> int:
+        """Capped for CLIT's wide gathers, but never less than one output row."""
+        return min(budget, max(MAX_CHUNK, out_size[1]))
 
     def macs(self, tier, lr_size, out_size, max_queries: int = DEFAULT_MAX_QUERIES) -> int:
         """Exact count, including the halo rows that neighbouring chunks' bands both compute."""
         n = int(self.tier(tier).knob)
         lr_px, out_px = lr_size[0] * lr_size[1], out_size[0] * out_size[1]
         total = (self.encoder.macs_per_pixel() + 9 * self.proj.in_channels * self.proj.out_channels) * lr_px
-        chunk = self.chunk_size(max_queries, out_size)
+        chunk = self.chunk_queries(n, max_queries, out_size)
         # The service counts every tier on every request: all chunks at once, not one by one.
         starts = torch.arange(0, out_px, chunk)
         first = pixel_centres(out_size[0])[starts // out_size[1]]  # each chunk's first and last row

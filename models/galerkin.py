@@ -326,15 +326,15 @@ class GalerkinSR(ScalableSR):
             state.weights, self.decoder.lift_queries(state.weights, state.feat, coord, out_size)
         )
 
-    def chunk_queries(self, knob: Any, chunk: int) -> int:
-        """Queries per chunk for this knob, `chunk` being the budget at the full decoder width.
+    def chunk_queries(self, knob: Any, budget: int, out_size: tuple[int, int]) -> int:
+        """Queries per chunk for this knob, `budget` being counted at the full decoder width.
 
         A chunk's memory is its lifted queries, trunk-width floats each, so a narrow tier holds
         proportionally more queries in the same bytes. That matters because one chunk needs one
         pass, where several chunks need blocks+1 (`render`): at 128² → 512² the XS tier runs
         about a fifth faster in one chunk of 262,144 queries than in four of 65,536.
         """
-        return chunk * self.decoder.width // self.decoder_widths(knob).trunk
+        return budget * self.decoder.width // self.decoder_widths(knob).trunk
 
     def render(self, lr: torch.Tensor, size: tuple[int, int], knob: Any, chunk: int) -> torch.Tensor:
         """Exact chunked decoding: one pass per attention block accumulates its global Σkᵀv.
@@ -345,7 +345,6 @@ class GalerkinSR(ScalableSR):
         a chunk the per-query layers run `QUERY_TILE` queries at a time, so that their widest
         activations stay in cache between one layer and the next.
         """
-        chunk = self.chunk_queries(knob, chunk)
         state = self.encode(lr, knob, size)
         p, dec = state.weights, self.decoder
         b, total = lr.shape[0], size[0] * size[1]
@@ -404,7 +403,7 @@ class GalerkinSR(ScalableSR):
         inner = self.encoder_inner(knob)
         lr_px = lr_size[0] * lr_size[1]
         enc = self.encoder.macs_per_pixel(inner) * lr_px + self.encoder.macs_fixed(inner)
-        chunk = self.chunk_queries(knob, max_queries)
+        chunk = self.chunk_queries(knob, max_queries, out_size)
         return enc + self.decoder.macs(self.decoder_widths(knob), lr_size, out_size, chunk)
 
     def params_used(self, knob: Any) -> int:
