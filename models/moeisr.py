@@ -230,7 +230,7 @@ class MoEISR(ScalableSR):
         rows = torch.cat([n.index for n in neighbours], 1).add_(offset).flatten()  # (B·4Q) into table
         cell = relative_cell(out_size, (h, w), b, coord.device)[:, None, :].expand(-1, q, -1)
         pos = torch.cat([torch.cat([n.rel, cell], -1) for n in neighbours], 1).reshape(-1, 4)
-        pick = band_pick[rows]
+        pick = band_pick.index_select(0, rows)
         y = pos.new_empty(pos.shape[0], 3)
         for j, pairs in expert_groups(pick, len(first)):
             expert, pos_weight = self.experts[j], first[j].weight[:, c:].t()
