@@ -38,6 +38,10 @@ class AnySR(GalerkinSR):
 
     width_mode = "slice"
     RESET_TO_FULL = 0.6  # Algorithm 1: probability of training the full net instead of the group's
+    # Ours: share of steps that train a narrow subnet at whatever scale the batch has. Algorithm 1
+    # trains w0.5 only at ×1.1–1.7, yet the knob offers any width at any scale on request (the
+    # controller's cheapest tier under load), where it had never been trained.
+    ANY_WIDTH_SHARE = 0.15
 
     def __init__(self, **kw: Any) -> None:
         super().__init__(scale_aware=True, **kw)
@@ -68,4 +72,9 @@ class AnySR(GalerkinSR):
         return next(t for t in self.tiers() if t.knob == width)
 
     def sample_training_knob(self, scale: float, rng: random.Random) -> float:
-        return 1.0 if rng.random() < self.RESET_TO_FULL else width_for_scale(scale)
+        draw = rng.random()
+        if draw < self.RESET_TO_FULL:
+            return 1.0
+        if draw < self.RESET_TO_FULL + self.ANY_WIDTH_SHARE:
+            return rng.choice(SUBNET_WIDTHS[:-1])
+        return width_for_scale(scale)

@@ -47,6 +47,8 @@ def training_record(run: Path) -> dict[str, Any]:
         "config": meta.get("config"),
         "richest_tier_only": meta.get("richest_only", False),
     }
+    if meta.get("code"):
+        record["code"] = meta["code"]
     if meta.get("init"):
         record["initialised_from"] = training_record(Path(meta["init"]).parent)
     return record

@@ -124,7 +124,7 @@ class MoEISR(ScalableSR):
 
     DEPTHS = (2, 3, 4, 5)
     TIER_BUDGETS = (("b0", 0.0), ("b25", 0.25), ("b45", 0.45), ("b70", 0.7), ("full", 1.0))
-    LIGHTEST_SHARE = 0.2  # of training steps that route every pixel to the lightest expert
+    LIGHTEST_SHARE = 0.3  # of training steps that route every pixel to the lightest expert
 
     def __init__(self, hidden: int = 256, mapper_width: int = 64, **_: Any) -> None:
         super().__init__()

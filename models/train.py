@@ -14,6 +14,7 @@ import json
 import math
 import random
 import signal
+import subprocess
 import sys
 import time
 from dataclasses import asdict, dataclass
@@ -57,6 +58,21 @@ def learning_rate(cfg: Config, step: int, fresh_steps: int) -> float:
     cosine = 0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * progress))
     warmup = max(1, min(cfg.warmup_steps, cfg.total_steps // 10))
     return cfg.lr * cosine * min(1.0, (fresh_steps + 1) / warmup)
+
+
+def code_version() -> str | None:
+    """The commit the run's code came from ("+dirty" with local edits), so that a manifest says
+    which knob-sampling rules trained it; None outside a git checkout."""
+    here = str(Path(__file__).resolve().parent)
+
+    def git(*args: str) -> str:
+        return subprocess.run(["git", "-C", here, *args], capture_output=True, text=True, check=True).stdout
+
+    try:
+        commit, dirty = git("rev-parse", "--short", "HEAD").strip(), git("status", "--porcelain", "--", ".")
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    return commit + ("+dirty" if dirty.strip() else "")
 
 
 def load_images(folders: list[str], device: torch.device) -> list[torch.Tensor]:
@@ -179,8 +195,10 @@ def main(argv: list[str] | None = None) -> int:
             "sampler": sampler.state(),
             "init": args.init,
             "richest_only": args.richest_only,
+            "code": code,
         }
 
+    code = code_version()
     richest = model.tiers()[-1].knob
     start = last_save = time.time()
     n_params = sum(p.numel() for p in model.parameters())

@@ -81,6 +81,7 @@ def test_training_runs_saves_and_resumes(tmp_path) -> None:
     with safe_open(str(out / "model.safetensors"), "pt") as f:
         meta = json.loads(f.metadata()["train"])
     assert meta["step"] == 2 and meta["images"] == 3
+    assert meta["code"] == train.code_version()  # which sampling rules trained it (None without git)
     first = (out / "model.safetensors").read_bytes()
     assert train.main([*args, "--steps", "3", "--resume"]) == 0
     with safe_open(str(out / "model.safetensors"), "pt") as f:

@@ -249,6 +249,20 @@ def test_ssrno_training_draws_include_every_narrow_tier(built_models) -> None:
     assert any(all(d != t.knob for t in tiers) for d in draws)  # random widths still drawn
 
 
+def test_anysr_training_draws_every_subnet_at_large_scales(built_models) -> None:
+    """Algorithm 1 gives ×4 batches only the full net; our extra share trains every narrow subnet
+    there too, since the knob offers any width at any scale."""
+    import random
+
+    model = built_models["anysr"]
+    rng = random.Random(0)
+    draws = [model.sample_training_knob(4.0, rng) for _ in range(400)]
+    assert {t.knob for t in model.tiers()} == set(draws)
+    assert draws.count(1.0) > len(draws) // 2  # the full net keeps most steps
+    small = [model.sample_training_knob(1.5, rng) for _ in range(400)]
+    assert small.count(0.5) > draws.count(0.5)  # the group's own subnet still dominates
+
+
 def test_large_scales_and_cell_clamp(built_models, lr_image) -> None:
     """×30 works and stays memory-bounded through chunking (smoke: one small image)."""
     model = built_models["clit"]
