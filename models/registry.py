@@ -44,15 +44,21 @@ def available() -> list[str]:
 
 
 def build(name: str, **config: Any) -> ScalableSR:
-    """A freshly initialised (untrained) model of method `name`."""
+    """A freshly initialised (untrained) model of method `name`.
+
+    Built outside inference mode even when called inside it: inference tensors have no version
+    counter, which the derived-weight memo reads to notice weight updates.
+    """
     _import_all()
     if name not in _BUILDERS:
         raise KeyError(f"unknown method {name!r}; available: {', '.join(_BUILDERS)}")
-    return _BUILDERS[name](**config)
+    with torch.inference_mode(False):
+        return _BUILDERS[name](**config)
 
 
 def load(name: str, device: str | torch.device = "cpu", checkpoint_dir: str | None = None) -> ScalableSR:
     """The shipped, hash-verified checkpoint of `name`, in eval mode on `device`."""
     from models.checkpoint import load_model
 
-    return load_model(name, device=torch.device(device), checkpoint_dir=checkpoint_dir)
+    with torch.inference_mode(False):  # as in `build`
+        return load_model(name, device=torch.device(device), checkpoint_dir=checkpoint_dir)

@@ -277,3 +277,14 @@ def test_cpu_cuda_parity(built_models, lr_image) -> None:  # pragma: no cover - 
         gpu = model.to("cuda").upscale(lr_image.cuda(), (25, 31)).cpu()
         model.to("cpu")
         assert torch.allclose(cpu, gpu, atol=1e-3), name
+
+
+def test_models_built_inside_inference_mode_serve(lr_image) -> None:
+    """A caller may build or load under torch.inference_mode; the weights must still carry the
+    version counters that the derived-weight memo reads (inference tensors have none)."""
+    with torch.inference_mode():
+        model = registry.build("ssrno").eval()
+        tier = model.tiers()[0]
+        out = model.upscale(lr_image, (30, 41), tier)
+    assert out.shape[-2:] == (30, 41)
+    assert all(not p.is_inference() for p in model.parameters())
