@@ -69,6 +69,7 @@ def code_version() -> str | None:
         return subprocess.run(["git", "-C", here, *args], capture_output=True, text=True, check=True).stdout
 
     try:
+        git("ls-files", "--error-unmatch", Path(__file__).name)  # this file is the checkout's, not a copy
         commit, dirty = git("rev-parse", "--short", "HEAD").strip(), git("status", "--porcelain", "--", ".")
     except (OSError, subprocess.CalledProcessError):
         return None
