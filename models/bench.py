@@ -25,6 +25,11 @@ import torch
 from models import registry
 
 
+def gflops(macs: int, seconds: float) -> float:
+    """Achieved GFLOP/s (2 FLOPs per MAC); a time that noise made zero or negative counts as 1 ns."""
+    return 2 * macs / max(seconds, 1e-9) / 1e9
+
+
 def matmul_gflops(n: int = 1024, repeats: int = 20) -> float:
     a, b = torch.randn(n, n), torch.randn(n, n)
     a @ b
@@ -33,7 +38,7 @@ def matmul_gflops(n: int = 1024, repeats: int = 20) -> float:
         t0 = time.perf_counter()
         a @ b
         times.append(time.perf_counter() - t0)
-    return 2 * n**3 / statistics.median(times) / 1e9
+    return gflops(n**3, statistics.median(times))
 
 
 @torch.no_grad()
@@ -89,12 +94,9 @@ def main(argv: list[str] | None = None) -> int:
         total, enc = statistics.median(totals[key]), statistics.median(encodes[key])
         macs = m.macs(tier, (side, side), out)
         enc_macs = m.macs(tier, (side, side), (0, 0))
-        dec_time = max(total - enc, 1e-9)
         dec_macs = macs - enc_macs
-        fractions = [
-            2 * dec_macs / max(t - e, 1e-9) / 1e9 / p
-            for t, e, p in zip(totals[key], encodes[key], beside[key], strict=True)
-        ]
+        timings = zip(totals[key], encodes[key], beside[key], strict=True)
+        fractions = [gflops(dec_macs, t - e) / p for t, e, p in timings]
         rows.append(
             {
                 "method": name,
@@ -106,8 +108,8 @@ def main(argv: list[str] | None = None) -> int:
                 "macs_per_output_pixel": macs / (out[0] * out[1]),
                 "latency_ms": total * 1000,
                 "encode_ms": enc * 1000,
-                "gflops": 2 * macs / total / 1e9,
-                "decoder_gflops": 2 * dec_macs / dec_time / 1e9,
+                "gflops": gflops(macs, total),
+                "decoder_gflops": gflops(dec_macs, total - enc),
                 "matmul_gflops_beside": statistics.median(beside[key]),
                 "decoder_fraction_of_matmul": statistics.median(fractions),
             }
