@@ -9,6 +9,10 @@ The decoder's fraction of the matmul peak is taken per timing, against short mat
 right before and after it, then the median over repeats: on a shared host the speed drifts
 within a run, and a peak measured only between rounds does not see the conditions under which
 a tier was timed.
+
+`--gemm-widths` also times bare (rows × d) @ (d × d) products at the widths given, rows being the
+Galerkin decoders' query tile: the rate a decoder made only of d-wide products could reach at best,
+which is what a narrow tier's fraction should be read against.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ from pathlib import Path
 import torch
 
 from models import registry
+from models.galerkin import QUERY_TILE
 
 
 def gflops(macs: int, seconds: float) -> float:
@@ -30,15 +35,17 @@ def gflops(macs: int, seconds: float) -> float:
     return 2 * macs / max(seconds, 1e-9) / 1e9
 
 
-def matmul_gflops(n: int = 1024, repeats: int = 20) -> float:
-    a, b = torch.randn(n, n), torch.randn(n, n)
+def matmul_gflops(n: int = 1024, repeats: int = 20, rows: int | None = None) -> float:
+    """GFLOP/s of a float32 (rows × n) @ (n × n) product (square by default), median of repeats."""
+    rows = rows or n
+    a, b = torch.randn(rows, n), torch.randn(n, n)
     a @ b
     times = []
     for _ in range(repeats):
         t0 = time.perf_counter()
         a @ b
         times.append(time.perf_counter() - t0)
-    return gflops(n**3, statistics.median(times))
+    return gflops(rows * n * n, statistics.median(times))
 
 
 @torch.no_grad()
@@ -57,6 +64,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--checkpoints", action="store_true", help="use shipped checkpoints, not untrained")
     ap.add_argument("--json", default="runs/bench.json")
+    ap.add_argument(
+        "--gemm-widths",
+        default="",
+        help="also time bare (query tile × d) @ (d × d) products, e.g. 64,128,256",
+    )
     args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -73,6 +85,8 @@ def main(argv: list[str] | None = None) -> int:
     encodes: dict[tuple, list[float]] = {k: [] for k in totals}
     beside: dict[tuple, list[float]] = {k: [] for k in totals}  # matmul GFLOP/s around each timing
     peaks = [matmul_gflops()]
+    widths = [int(w) for w in args.gemm_widths.split(",") if w]
+    narrow: dict[int, list[float]] = {w: [] for w in widths}  # bare d-wide GEMM over the peak beside it
     for rep in range(args.repeats + 1):  # the first round is a warm-up
         for name, tier, s in configs:
             m, out = models[name], (round(side * s), round(side * s))
@@ -85,6 +99,8 @@ def main(argv: list[str] | None = None) -> int:
                 encodes[(name, tier.name, s)].append(enc)
                 beside[(name, tier.name, s)].append((before + matmul_gflops(repeats=5)) / 2)
         peaks.append(matmul_gflops())
+        for w in widths if rep else ():
+            narrow[w].append(matmul_gflops(w, rows=QUERY_TILE) / peaks[-1])
     peak = statistics.median(peaks)
 
     rows = []
@@ -135,6 +151,14 @@ def main(argv: list[str] | None = None) -> int:
             f"{r['macs_per_output_pixel'] / 1e3:8.0f}k {r['latency_ms']:9.1f} {r['gflops']:8.1f} "
             f"{r['decoder_gflops']:8.1f} {r['decoder_fraction_of_matmul']:8.2f}"
         )
+    gemms = [
+        {"width": w, "rows": QUERY_TILE, "fraction_of_matmul": statistics.median(narrow[w])} for w in widths
+    ]
+    for g in gemms:
+        print(
+            f"bare GEMM ({g['rows']} × {g['width']}) @ ({g['width']} × {g['width']}): "
+            f"{g['fraction_of_matmul']:.2f} of peak"
+        )
     print("cheapest / richest latency:", ", ".join(f"{k} {v:.2f}" for k, v in summary.items()))
     result = {
         "machine": platform.machine(),
@@ -146,6 +170,7 @@ def main(argv: list[str] | None = None) -> int:
         "matmul_peak_gflops": peak,
         "rows": rows,
         "cheapest_over_richest_latency": summary,
+        "bare_gemms": gemms,
         "date": time.strftime("%Y-%m-%d"),
     }
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)
