@@ -50,8 +50,17 @@ def training_record(run: Path) -> dict[str, Any]:
     if meta.get("code"):
         record["code"] = meta["code"]
     if meta.get("init"):
-        record["initialised_from"] = training_record(Path(meta["init"]).parent)
+        record["initialised_from"] = init_record(Path(meta["init"]))
     return record
+
+
+def init_record(weights: Path) -> dict[str, Any]:
+    """The lineage of the weights a run started from: a training run's folder, or a shipped
+    checkpoint whose manifest (beside it) already holds its chain, since run folders do not last."""
+    manifest = weights.with_suffix(".json")
+    if not (weights.parent / "model.safetensors").is_file() and manifest.is_file():
+        return json.loads(manifest.read_text())["training"]
+    return training_record(weights.parent)
 
 
 def export_run(method: str, run: Path, out: Path) -> dict[str, Any]:

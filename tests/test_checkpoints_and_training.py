@@ -11,7 +11,7 @@ import torch
 from PIL import Image
 from safetensors import safe_open
 
-from models import registry, train
+from models import export, registry, train
 from models.checkpoint import CheckpointError, export_weights, load_model, write_manifest
 from models.quality import crop_for_scale, psnr_y, y_channel
 
@@ -88,3 +88,22 @@ def test_training_runs_saves_and_resumes(tmp_path) -> None:
         assert json.loads(f.metadata()["train"])["step"] == 3
     assert (out / "model.safetensors").read_bytes() != first
     assert (out / "optim.safetensors").is_file()
+
+
+def test_run_from_a_shipped_checkpoint_keeps_its_lineage(tmp_path) -> None:
+    """Run folders do not outlive a session: a run started from a shipped checkpoint takes the
+    earlier chain from that checkpoint's manifest, so the new manifest still says how it was made."""
+    data = _image_folder(tmp_path / "imgs")
+    shipped = tmp_path / "shipped"
+    shipped.mkdir()
+    _export(shipped, "clit")
+    earlier = {"steps": 77, "hardware": "cpu", "initialised_from": {"steps": 5}}
+    manifest = json.loads((shipped / "clit.json").read_text()) | {"training": earlier}
+    (shipped / "clit.json").write_text(json.dumps(manifest))
+    out = tmp_path / "run"
+    args = ["--method", "clit", "--data", str(data), "--out", str(out), "--threads", "2"]
+    args += ["--batch", "2", "--patch", "12", "--queries", "64", "--steps", "1"]
+    assert train.main([*args, "--init", str(shipped / "clit.safetensors")]) == 0
+    record = export.training_record(out)
+    assert record["steps"] == 1
+    assert record["initialised_from"] == earlier
