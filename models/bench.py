@@ -12,7 +12,9 @@ a tier was timed.
 
 `--gemm-widths` also times bare (rows × d) @ (d × d) products at the widths given, rows being the
 Galerkin decoders' query tile: the rate a decoder made only of d-wide products could reach at best,
-which is what a narrow tier's fraction should be read against.
+which is what a narrow tier's fraction should be read against. `--gemm-shapes` times any
+(rows × k) @ (k × n) products, e.g. an MoEISR expert's thin layers (k = 4 offset/cell columns in,
+n = 3 colours out), whose BLAS rate bounds what a tier built on them can reach.
 """
 
 from __future__ import annotations
@@ -35,17 +37,27 @@ def gflops(macs: int, seconds: float) -> float:
     return 2 * macs / max(seconds, 1e-9) / 1e9
 
 
-def matmul_gflops(n: int = 1024, repeats: int = 20, rows: int | None = None) -> float:
-    """GFLOP/s of a float32 (rows × n) @ (n × n) product (square by default), median of repeats."""
-    rows = rows or n
-    a, b = torch.randn(rows, n), torch.randn(n, n)
+def matmul_gflops(n: int = 1024, repeats: int = 20, rows: int | None = None, k: int | None = None) -> float:
+    """GFLOP/s of a float32 (rows × k) @ (k × n) product (square by default), median of repeats."""
+    rows, k = rows or n, k or n
+    a, b = torch.randn(rows, k), torch.randn(k, n)
     a @ b
     times = []
     for _ in range(repeats):
         t0 = time.perf_counter()
         a @ b
         times.append(time.perf_counter() - t0)
-    return gflops(rows * n * n, statistics.median(times))
+    return gflops(rows * k * n, statistics.median(times))
+
+
+def parse_shapes(widths: str, shapes: str) -> list[tuple[int, int, int]]:
+    """(rows, k, n) of each bare product: `--gemm-widths` d → (query tile, d, d), `--gemm-shapes`
+    RxKxN as given."""
+    out = [(QUERY_TILE, int(w), int(w)) for w in widths.split(",") if w]
+    for shape in (s for s in shapes.split(",") if s):
+        rows, k, n = (int(v) for v in shape.lower().split("x"))
+        out.append((rows, k, n))
+    return out
 
 
 @torch.no_grad()
@@ -69,6 +81,11 @@ def main(argv: list[str] | None = None) -> int:
         default="",
         help="also time bare (query tile × d) @ (d × d) products, e.g. 64,128,256",
     )
+    ap.add_argument(
+        "--gemm-shapes",
+        default="",
+        help="also time bare (rows × k) @ (k × n) products given as RxKxN, e.g. 4096x4x256,4096x256x3",
+    )
     args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -85,8 +102,8 @@ def main(argv: list[str] | None = None) -> int:
     encodes: dict[tuple, list[float]] = {k: [] for k in totals}
     beside: dict[tuple, list[float]] = {k: [] for k in totals}  # matmul GFLOP/s around each timing
     peaks = [matmul_gflops()]
-    widths = [int(w) for w in args.gemm_widths.split(",") if w]
-    narrow: dict[int, list[float]] = {w: [] for w in widths}  # bare d-wide GEMM over the peak beside it
+    shapes = parse_shapes(args.gemm_widths, args.gemm_shapes)
+    narrow: dict[tuple, list[float]] = {sh: [] for sh in shapes}  # bare GEMM over the peak beside it
     for rep in range(args.repeats + 1):  # the first round is a warm-up
         for name, tier, s in configs:
             m, out = models[name], (round(side * s), round(side * s))
@@ -99,8 +116,8 @@ def main(argv: list[str] | None = None) -> int:
                 encodes[(name, tier.name, s)].append(enc)
                 beside[(name, tier.name, s)].append((before + matmul_gflops(repeats=5)) / 2)
         peaks.append(matmul_gflops())
-        for w in widths if rep else ():
-            narrow[w].append(matmul_gflops(w, rows=QUERY_TILE) / peaks[-1])
+        for rows_, k, n in shapes if rep else ():
+            narrow[(rows_, k, n)].append(matmul_gflops(n, rows=rows_, k=k) / peaks[-1])
     peak = statistics.median(peaks)
 
     rows = []
@@ -152,13 +169,12 @@ def main(argv: list[str] | None = None) -> int:
             f"{r['decoder_gflops']:8.1f} {r['decoder_fraction_of_matmul']:8.2f}"
         )
     gemms = [
-        {"width": w, "rows": QUERY_TILE, "fraction_of_matmul": statistics.median(narrow[w])} for w in widths
+        {"rows": r, "k": k, "n": n, "fraction_of_matmul": statistics.median(narrow[(r, k, n)])}
+        for r, k, n in shapes
     ]
     for g in gemms:
-        print(
-            f"bare GEMM ({g['rows']} × {g['width']}) @ ({g['width']} × {g['width']}): "
-            f"{g['fraction_of_matmul']:.2f} of peak"
-        )
+        shape = f"({g['rows']} × {g['k']}) @ ({g['k']} × {g['n']})"
+        print(f"bare GEMM {shape}: {g['fraction_of_matmul']:.2f} of peak")
     print("cheapest / richest latency:", ", ".join(f"{k} {v:.2f}" for k, v in summary.items()))
     result = {
         "machine": platform.machine(),
