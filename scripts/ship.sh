@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Ship one trained method: export the run as the fp16 checkpoint + manifest, then measure the
 # shipped file's quality on the benchmark sets and merge it into the manifest.
-# Set5 is evaluated whole; Set14 and B100 on their first $LIMIT images (CPU time), which the
+# Set5 and Set14 are evaluated whole; B100 on its first $LIMIT images (CPU time), which the
 # manifest records per tier as eval_images. Latency is merged later, for all methods in one
 # models.bench run (scripts/ship_bench.sh), so that timings are comparable.
 # Usage: scripts/ship.sh METHOD [RUN_DIR]   (RUN_DIR defaults to runs/METHOD; env: LIMIT=5 THREADS=1 BENCH_DIR=../shared/datasets/bench)
@@ -15,8 +15,8 @@ limit=${LIMIT:-5}
 threads=${THREADS:-1}
 mkdir -p runs/eval
 "$py" -m models.export --method "$method" --run "$run"
-"$py" -m models.evaluate --method "$method" --data "$bench/set5" --threads "$threads" \
-    --json "runs/eval/$method-set5.json"
-"$py" -m models.evaluate --method "$method" --data "$bench/set14" "$bench/b100" --limit "$limit" \
-    --threads "$threads" --json "runs/eval/$method-set14-b100.json"
-"$py" -m models.export --method "$method" --eval "runs/eval/$method-set5.json" "runs/eval/$method-set14-b100.json"
+"$py" -m models.evaluate --method "$method" --data "$bench/set5" "$bench/set14" --threads "$threads" \
+    --json "runs/eval/$method-set5-set14.json"
+"$py" -m models.evaluate --method "$method" --data "$bench/b100" --limit "$limit" \
+    --threads "$threads" --json "runs/eval/$method-b100.json"
+"$py" -m models.export --method "$method" --eval "runs/eval/$method-set5-set14.json" "runs/eval/$method-b100.json"
