@@ -107,7 +107,7 @@ def table(checkpoint_dir: str | None = None) -> str:
         lines.append(f"| paper: {label} | | | | | " + " | ".join(cells) + " |")
     lines.append("")
     lines.append(
-        "Images evaluated per set (Set5 has 5, Set14 14, B100 100; fewer: the first N, for CPU time): "
+        "Images evaluated per set (a set evaluated in part: its first N images, for CPU time): "
         + ("; ".join(images) or "none yet")
         + "."
     )
