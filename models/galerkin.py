@@ -31,8 +31,12 @@ from models.widths import Axis, narrow
 Weights = dict[str, torch.Tensor]
 LAYER_NORM_EPS = 1e-5  # F.layer_norm's default, which the weights were trained with
 # Σkᵀv for heads thinner than this is one dense a×a product whose diagonal blocks are kept: h×
-# the MACs, yet 2–4× faster on CPU than h thin products of odd sizes (`models.bench`).
-DENSE_KV_BELOW = 16
+# the MACs, yet faster on CPU than h products of 4-wide heads (1.3–1.6× at a = 64, 4,096 queries);
+# from 5-wide heads up the per-head products win (1.2–2.4×, a = 80…176).
+DENSE_KV_BELOW = 5
+# k/v heads thinner than this have their per-head square sums and scale broadcasts done as
+# products with 0/1 group matrices: 1.3–2.7× faster on CPU than reductions over such short rows.
+GROUPED_BELOW = 16
 # Queries per tile of the per-query layers at inference: a tile's 256-wide activations (4 MiB)
 # stay in cache from one layer to the next; whole 65,536-query chunks spilled to memory.
 QUERY_TILE = 4096
@@ -148,6 +152,11 @@ class GalerkinDecoder(nn.Module):
             out[f"kv{i}.b"] = (kv_b - kv_b.mean(1, keepdim=True)).reshape(2 * a)
             out[f"kv{i}.g"] = torch.cat([raw[f"kg{i}"], raw[f"vg{i}"]])
             out[f"kv{i}.beta"] = torch.cat([raw[f"kb{i}"], raw[f"vb{i}"]])
+            dh = a // self.heads
+            if dh < GROUPED_BELOW:  # 0/1 matrices: column → its head, for `kv_sum`
+                group = torch.arange(2 * a, device=qkv_w.device) // dh
+                sq = (group[:, None] == torch.arange(2 * self.heads, device=qkv_w.device)).to(qkv_w.dtype)
+                out[f"kv{i}.sq"], out[f"kv{i}.spread"] = sq, sq[:a, : self.heads].t().contiguous()
             for k in ("core", "ffn1", "ffn2"):
                 out[f"{k}{i}.w"], out[f"{k}{i}.b"] = raw[f"{k}{i}.w"], raw[f"{k}{i}.b"]
         return out
@@ -185,36 +194,63 @@ class GalerkinDecoder(nn.Module):
     def kv_sum(self, p: Weights, i: int, x: torch.Tensor) -> torch.Tensor:
         """Σ over this chunk's pixels of kᵀv, per head: (B, heads, dh, dh).
 
-        k and v are layer-normed per head; the weights are already centred (`rearranged`), so
-        only the scaling by the root mean square is left to do here. (On CPU F.rms_norm is not
-        fused: for 4–16-wide heads it runs 4–47 % slower than this.)
+        k and v are layer-normed per head: k = g_k⊙(r_k·k̃) + β_k with k̃ centred (the weights
+        are, `rearranged`) and r_k its inverse root mean square, likewise v. Expanding the
+        product, the affine parts come out of the sum:
+            Σkᵀv = g_k⊗g_v ⊙ Σ r_k r_v k̃ᵀṽ + (g_k⊙Σ r_k k̃)⊗β_v + β_k⊗(g_v⊙Σ r_v ṽ) + N·β_k⊗β_v,
+        so per pixel only k̃ is scaled (by r_k r_v, one number per head) and nothing else is
+        written: the per-element normalise-scale-shift of k and v is gone, and the sums Σ r k̃
+        and Σ r ṽ are two thin products. For heads under `GROUPED_BELOW` wide, the per-head
+        reductions and broadcasts are products with 0/1 group matrices (`kv.sq`, `kv.spread`).
         """
         b, n, _ = x.shape
-        kv = F.linear(x, p[f"kv{i}.w"], p[f"kv{i}.b"])
-        heads = kv.view(b, n, 2 * self.heads, -1)
-        dh = heads.shape[-1]
-        inv_rms = (
-            torch.linalg.vector_norm(heads, dim=-1, keepdim=True).square() / dh + LAYER_NORM_EPS
-        ).rsqrt()
-        kv = torch.addcmul(p[f"kv{i}.beta"], (heads * inv_rms).view(b, n, -1), p[f"kv{i}.g"])
-        a = kv.shape[-1] // 2
+        kv = F.linear(x, p[f"kv{i}.w"], p[f"kv{i}.b"])  # (B, N, 2a): k̃ then ṽ, centred per head
+        a, h = kv.shape[-1] // 2, self.heads
+        dh = a // h
+        grouped = dh < GROUPED_BELOW
+        if grouped:
+            square_sums = (kv * kv) @ p[f"kv{i}.sq"]  # (B, N, 2h)
+        else:
+            square_sums = torch.linalg.vector_norm(kv.view(b, n, 2 * h, dh), dim=-1).square()
+        inv_rms = (square_sums / dh + LAYER_NORM_EPS).rsqrt()
+        r_k, r_v = inv_rms[..., :h], inv_rms[..., h:]
+        k, v = kv[..., :a], kv[..., a:]
+        if grouped:
+            ks = k * ((r_k * r_v) @ p[f"kv{i}.spread"])
+        else:
+            ks = (k.reshape(b, n, h, dh) * (r_k * r_v)[..., None]).view(b, n, a)
         if dh < DENSE_KV_BELOW:
-            full = kv[..., :a].transpose(1, 2) @ kv[..., a:]  # (B, a, a): every pair of heads
-            return full.view(b, self.heads, dh, self.heads, dh).diagonal(dim1=1, dim2=3).permute(0, 3, 1, 2)
-        k, v = kv.view(b, n, 2, self.heads, dh).unbind(2)
-        return torch.einsum("bnhd,bnhe->bhde", k, v)
+            kv_pairs = ks.transpose(1, 2) @ v  # (B, a, a): every pair of heads, diagonal kept
+            scaled = kv_pairs.view(b, h, dh, h, dh).diagonal(dim1=1, dim2=3).permute(0, 3, 1, 2)
+        else:
+            scaled = torch.einsum("bnhd,bnhe->bhde", ks.view(b, n, h, dh), v.reshape(b, n, h, dh))
+
+        def weighted_sum(r: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+            """Σ_n r[n, head]·y[n, head, :] as one (h × a) product whose diagonal blocks are kept."""
+            return (r.transpose(1, 2) @ y).view(b, h, h, dh).diagonal(dim1=1, dim2=2).transpose(1, 2)
+
+        g, beta = p[f"kv{i}.g"].view(2, h, dh), p[f"kv{i}.beta"].view(2, h, dh)
+        k_sum, v_sum = g[0] * weighted_sum(r_k, k), g[1] * weighted_sum(r_v, v)  # (B, h, dh)
+        return (
+            g[0][..., :, None] * scaled * g[1][..., None, :]
+            + k_sum[..., :, None] * beta[1][..., None, :]
+            + beta[0][..., :, None] * v_sum[..., None, :]
+            + n * beta[0][..., :, None] * beta[1][..., None, :]
+        )
 
     def attention_map(self, p: Weights, i: int, kv_mean: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Block i's attention as one affine map of its input: x ↦ x·M + c, per image.
+        """Block i's attention with its residual as one affine map of its input: x ↦ x·M + c.
 
         Galerkin attention is linear in q once the image-wide mean of kᵀv is known, and q and the
-        core projection are linear too, so q-projection, attention and core projection compose
-        into a single d×d matrix: one dense product per query instead of three thin ones.
+        core projection are linear too, so q-projection, attention, core projection and the
+        residual (M's identity part) compose into a single d×d matrix per image: one dense
+        product per query instead of three thin ones and an addition.
         """
         heads, dh = kv_mean.shape[1], kv_mean.shape[2]
         q_w = p[f"q{i}.w"].view(heads, dh, -1)  # (h, dh, d)
         core_t = p[f"core{i}.w"].t()  # (a, d)
         m = torch.einsum("hkd,bhke->bdhe", q_w, kv_mean).flatten(2) @ core_t  # (B, d, d)
+        m = m + torch.eye(m.shape[-1], dtype=m.dtype, device=m.device)  # and the block's residual
         c = F.linear(
             torch.einsum("hk,bhke->bhe", p[f"q{i}.b"].view(heads, dh), kv_mean).flatten(1),
             p[f"core{i}.w"],
@@ -227,17 +263,27 @@ class GalerkinDecoder(nn.Module):
     ) -> torch.Tensor:
         """One Galerkin block given its attention map (`attention_map`)."""
         m, c = attn
-        h = (
-            torch.baddbmm(c[:, None, :], x, m).add_(x)
-            if not torch.is_grad_enabled()
-            else x + c[:, None] + x @ m
+        if torch.is_grad_enabled():
+            h = c[:, None] + x @ m
+            return x + F.linear(
+                F.gelu(F.linear(h, p[f"ffn1{i}.w"], p[f"ffn1{i}.b"])), p[f"ffn2{i}.w"], p[f"ffn2{i}.b"]
+            )
+        # Inference, same maths in fewer passes over the activations: the FFN's hidden layer
+        # takes its GELU in place, and its output product accumulates onto x + bias.
+        hidden = torch.ops.aten.gelu_(
+            F.linear(torch.baddbmm(c[:, None, :], x, m), p[f"ffn1{i}.w"], p[f"ffn1{i}.b"])
         )
-        return x + F.linear(
-            F.gelu(F.linear(h, p[f"ffn1{i}.w"], p[f"ffn1{i}.b"])), p[f"ffn2{i}.w"], p[f"ffn2{i}.b"]
+        out = x + p[f"ffn2{i}.b"]
+        return (
+            out.view(-1, out.shape[-1])
+            .addmm_(hidden.view(-1, hidden.shape[-1]), p[f"ffn2{i}.w"].t())
+            .view_as(out)
         )
 
     def head(self, p: Weights, x: torch.Tensor) -> torch.Tensor:
-        return F.linear(F.gelu(F.linear(x, p["fc1.w"], p["fc1.b"])), p["fc2.w"], p["fc2.b"])
+        hidden = F.linear(x, p["fc1.w"], p["fc1.b"])
+        hidden = F.gelu(hidden) if torch.is_grad_enabled() else torch.ops.aten.gelu_(hidden)
+        return F.linear(hidden, p["fc2.w"], p["fc2.b"])
 
     def run(self, p: Weights, x: torch.Tensor) -> torch.Tensor:
         """Single pass over all lifted queries at once (training, or images that fit in one chunk)."""
@@ -265,7 +311,11 @@ class GalerkinDecoder(nn.Module):
         kv, run, maps = [], [], 0
         for i in range(self.blocks):
             a, f = widths.attn[i], widths.ffn[i]
-            kv.append(d * 2 * a + a * (a if a // heads < DENSE_KV_BELOW else a // heads))
+            dh = a // heads
+            # k/v product, Σkᵀv (all head pairs when dense), the two weighted sums Σr·k̃ and
+            # Σr·ṽ, and for grouped heads the group products: square sums (2a×2h), spread (h×a).
+            groups = (7 if dh < GROUPED_BELOW else 2) * heads * a
+            kv.append(d * 2 * a + a * (a if dh < DENSE_KV_BELOW else dh) + groups)
             run.append(d * d + 2 * d * f)
             maps += d * a * (a // heads) + a * d * d + a * (a // heads) + a * d
         band = chunked_band_pixels(out_size, lr_size, chunk)
