@@ -69,6 +69,43 @@ def test_chunked_decoding_equals_one_pass(built_models, lr_image, name) -> None:
         assert torch.allclose(whole, chunked, atol=1e-5, rtol=0), (tier.name, (whole - chunked).abs().max())
 
 
+def plain_galerkin_run(dec, x: torch.Tensor) -> torch.Tensor:
+    """The decoder's blocks and head written the textbook way, from the module's own layers: per-head
+    layer norm of k and v with gain and shift, q·(kᵀv)/N, core projection, x + FFN(x + attention)."""
+    import torch.nn.functional as F
+
+    b, n, _ = x.shape
+    h = dec.heads
+    for i in range(dec.blocks):
+        q, k, v = (t.reshape(b, n, h, -1) for t in dec.qkv[i](x).chunk(3, -1))
+        dh = k.shape[-1]
+        k = F.layer_norm(k, (dh,)) * dec.norm[f"kg{i}"] + dec.norm[f"kb{i}"]
+        v = F.layer_norm(v, (dh,)) * dec.norm[f"vg{i}"] + dec.norm[f"vb{i}"]
+        kv = torch.einsum("bnhd,bnhe->bhde", k, v) / n
+        attn = torch.einsum("bnhd,bhde->bnhe", q, kv).reshape(b, n, -1)
+        x = x + dec.ffn2[i](F.gelu(dec.ffn1[i](x + dec.core[i](attn))))
+    return dec.fc2(F.gelu(dec.fc1(x)))
+
+
+@pytest.mark.parametrize("width", [64, 80, 128, 256])  # heads of 4, 5, 8 and 16 channels
+@pytest.mark.parametrize("grad", [False, True])
+def test_galerkin_fast_decoder_equals_the_plain_formulation(width, grad) -> None:
+    """Rearranged weights, k/v normalisation taken out of Σkᵀv, fused maps: same maths, both paths."""
+    from models.galerkin import GalerkinDecoder
+
+    torch.manual_seed(0)
+    dec = GalerkinDecoder(feat_dim=8, width=width, heads=16, ffn=96, proj=48)
+    with torch.no_grad():
+        for param in dec.norm.values():  # gains and shifts away from their 1 / 0 start
+            param.add_(torch.randn_like(param) * 0.5)
+    x = torch.randn(2, 300, width)
+    with torch.no_grad():
+        expected = plain_galerkin_run(dec, x)
+    with torch.set_grad_enabled(grad):
+        got = dec.run(dec.narrowed(dec.full_widths(), "slice"), x)
+    assert torch.allclose(got, expected, atol=1e-4, rtol=1e-4), (got - expected).abs().max()
+
+
 def test_galerkin_chunking_is_not_the_naive_per_chunk_attention(built_models, lr_image) -> None:
     """Guard against silently normalising attention per chunk (what SRNO's row chunking does)."""
     model = built_models["ssrno"]
