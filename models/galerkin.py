@@ -31,11 +31,12 @@ from models.widths import Axis, narrow
 Weights = dict[str, torch.Tensor]
 LAYER_NORM_EPS = 1e-5  # F.layer_norm's default, which the weights were trained with
 # Σkᵀv for heads thinner than this is one dense a×a product whose diagonal blocks are kept: h×
-# the MACs, yet faster on CPU than h products of 4-wide heads (1.3–1.6× at a = 64, 4,096 queries);
-# from 5-wide heads up the per-head products win (1.2–2.4×, a = 80…176).
+# the MACs, yet faster on CPU than h products of 4-wide heads (1.3–1.6× at a = 64, 4,096 queries,
+# one thread); from 5-wide heads up the per-head products win (1.2–2.4×, a = 80…176).
 DENSE_KV_BELOW = 5
 # k/v heads thinner than this have their per-head square sums and scale broadcasts done as
-# products with 0/1 group matrices: 1.3–2.7× faster on CPU than reductions over such short rows.
+# products with 0/1 group matrices: 1.3–2.7× faster on one CPU thread than reductions over such
+# short rows (on two threads about even: those reductions split across threads, thin products less).
 GROUPED_BELOW = 16
 # Queries per tile of the per-query layers at inference: a tile's 256-wide activations (4 MiB)
 # stay in cache from one layer to the next; whole 65,536-query chunks spilled to memory.
@@ -198,9 +199,9 @@ class GalerkinDecoder(nn.Module):
         are, `rearranged`) and r_k its inverse root mean square, likewise v. Expanding the
         product, the affine parts come out of the sum:
             Σkᵀv = g_k⊗g_v ⊙ Σ r_k r_v k̃ᵀṽ + (g_k⊙Σ r_k k̃)⊗β_v + β_k⊗(g_v⊙Σ r_v ṽ) + N·β_k⊗β_v,
-        so per pixel only k̃ is scaled (by r_k r_v, one number per head) and nothing else is
-        written: the per-element normalise-scale-shift of k and v is gone, and the sums Σ r k̃
-        and Σ r ṽ are two thin products. For heads under `GROUPED_BELOW` wide, the per-head
+        so per pixel only k̃ is scaled (by r_k r_v, one number per head): the per-element
+        normalise-scale-shift of k and v is gone, and the sums Σ r k̃ and Σ r ṽ are two thin
+        products. For heads under `GROUPED_BELOW` wide, the per-head
         reductions and broadcasts are products with 0/1 group matrices (`kv.sq`, `kv.spread`).
         """
         b, n, _ = x.shape
