@@ -98,7 +98,9 @@ class Stage(nn.Module):
         band_y = ((coord[..., 0] + 1) * gh / 2 - a) / (b - a) * 2 - 1
         sample = torch.stack([coord[..., 1], band_y], -1).unsqueeze(1)
         q = F.grid_sample(q_map, sample, mode="bilinear", padding_mode="border", align_corners=False)
-        q = q[:, :, 0].transpose(1, 2).reshape(bsz, nq, heads, -1)
+        # Query-major copy: sampled as is, a query's channels lie a whole chunk apart, and the
+        # per-neighbour product with k then misses cache and TLB on every element.
+        q = q[:, :, 0].transpose(1, 2).contiguous().view(bsz, nq, heads, -1)
         rows = (b - a) * gw
         # Pixel-major copies of the k and v bands, each band followed by a zero row: the code of
         # a neighbour outside the grid (what a zero-padded grid would give).
