@@ -67,6 +67,27 @@ class Stage(nn.Module):
         self.bias = nn.Linear(4 * freqs, heads)
         self.mlp = MLP(grid * grid * dim + 2, hidden, 3, depth=5, act=nn.GELU)
 
+    def position_bias_weights(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The positional bias of all g² neighbours as one linear map of the query's own encoding.
+
+        Neighbour j sits at an integer grid offset o_j from the query's nearest code, so its
+        relative position is r − 2·o_j (in half-cells) and, by the angle-difference identities,
+        sin/cos(f·(r − 2·o_j)) are fixed combinations of sin/cos(f·r). Folding those into the
+        bias layer gives a (g²·heads, 4F) weight applied to the query's 4F features: the same
+        MACs as applying the layer per neighbour, without encoding g² positions per query.
+        """
+        heads, nf = self.heads, self.freqs.numel()
+        w = self.bias.weight.view(heads, 2, 2, nf)  # (head, axis y/x, sin/cos, frequency)
+        w_sin, w_cos = w[:, :, 0], w[:, :, 1]
+        offs = torch.arange(-self.radius, self.radius + 1, device=w.device, dtype=w.dtype)
+        grid = torch.stack(torch.meshgrid(offs, offs, indexing="ij"), -1).view(-1, 1, 2, 1)  # (g², 1, 2, 1)
+        phase = 2 * grid * self.freqs  # (g², 1, 2, F)
+        cos, sin = phase.cos(), phase.sin()
+        on_sin = w_sin * cos + w_cos * sin  # (g², heads, 2, F)
+        on_cos = w_cos * cos - w_sin * sin
+        weight = torch.stack([on_sin, on_cos], 3).reshape(-1, 4 * nf)  # rows (j, head)
+        return weight, self.bias.bias.repeat(grid.shape[0])
+
     def band(self, feat: torch.Tensor, grid: tuple[int, int], rows: tuple[int, int]) -> torch.Tensor:
         """q/k/v maps (B, 3·dim, rows, Gw) for grid rows [a, b), zero-padded like a full 3×3 conv."""
         a, b = rows
@@ -116,6 +137,7 @@ class Stage(nn.Module):
         offs = torch.arange(-r, r + 1, device=coord.device)
         batch_rows = (torch.arange(bsz, device=coord.device) * (rows + 1))[:, None, None]
         dh = self.dim // heads
+        pos_weight, pos_bias = self.position_bias_weights()
 
         def attend(s: int, e: int) -> torch.Tensor:
             """Residual of queries [s, e): attention over their g×g neighbours, then the MLP."""
@@ -128,14 +150,16 @@ class Stage(nn.Module):
             g2 = ny.shape[-1]
             k = k_table.index_select(0, index).view(bsz, n, g2, heads, dh)
             v = v_table.index_select(0, index).view(bsz, n, g2, heads, dh)
-            cy = -1 + (2 * ny.float() + 1) / gh
-            cx = -1 + (2 * nx.float() + 1) / gw
+            # The query's position relative to its nearest code, in half-cells, per axis.
             c = coord[:, s:e]
-            rel = torch.stack([(c[..., 0:1] - cy) * gh, (c[..., 1:2] - cx) * gw], -1)  # (B, n, g², 2)
-            angles = rel[..., None] * self.freqs  # (B, n, g², 2, F)
-            pe = torch.cat([angles.sin(), angles.cos()], -1).flatten(-2)
+            rel = torch.stack(
+                [(c[..., 0] + 1) * gh - 2 * iy[:, s:e] - 1, (c[..., 1] + 1) * gw - 2 * ix[:, s:e] - 1], -1
+            )
+            angles = rel[..., None] * self.freqs  # (B, n, 2, F)
+            pe = torch.cat([angles.sin(), angles.cos()], -1).flatten(-2)  # (B, n, 4F)
+            position = F.linear(pe, pos_weight, pos_bias).view(bsz, n, g2, heads)
             logits = (k * q[:, s:e, None]).sum(-1) / math.sqrt(dh)  # (B, n, g², heads)
-            attn = (logits + self.bias(pe)).softmax(dim=2)
+            attn = (logits + position).softmax(dim=2)
             weighted = (v * attn[..., None]).reshape(bsz, n, -1)
             return self.mlp.net[1:](F.linear(weighted, first.weight[:, :wide]) + cell_bias)
 

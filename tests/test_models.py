@@ -87,6 +87,27 @@ def plain_galerkin_run(dec, x: torch.Tensor) -> torch.Tensor:
     return dec.fc2(F.gelu(dec.fc1(x)))
 
 
+@pytest.mark.parametrize("grid", [3, 5])
+def test_clit_folded_position_bias_equals_encoding_every_neighbour(grid) -> None:
+    """The bias of all g² neighbours from the query's own encoding equals encoding each
+    neighbour's relative position and applying the bias layer to it."""
+    from models.clit import Stage
+
+    torch.manual_seed(0)
+    stage = Stage(dim=16, heads=4, grid=grid, hidden=8, freqs=8)
+    r = grid // 2
+    rel = torch.rand(50, 2) * 2 - 1  # a query within its nearest code's cell, half-cells
+    offs = torch.arange(-r, r + 1)
+    oy, ox = torch.meshgrid(offs, offs, indexing="ij")
+    neighbour_rel = rel[:, None] - 2 * torch.stack([oy.flatten(), ox.flatten()], -1)  # (50, g², 2)
+    angles = neighbour_rel[..., None] * stage.freqs
+    expected = stage.bias(torch.cat([angles.sin(), angles.cos()], -1).flatten(-2))  # (50, g², heads)
+    angles = rel[..., None] * stage.freqs
+    weight, bias = stage.position_bias_weights()
+    folded = torch.nn.functional.linear(torch.cat([angles.sin(), angles.cos()], -1).flatten(-2), weight, bias)
+    torch.testing.assert_close(folded.view(50, grid * grid, 4), expected, atol=1e-5, rtol=1e-5)
+
+
 @pytest.mark.parametrize("width", [64, 80, 128, 256])  # heads of 4, 5, 8 and 16 channels
 @pytest.mark.parametrize("grad", [False, True])
 def test_galerkin_fast_decoder_equals_the_plain_formulation(width, grad) -> None:
