@@ -29,6 +29,7 @@ from pathlib import Path
 import torch
 
 from models import registry
+from models.allocator import retain_freed_memory
 from models.galerkin import QUERY_TILE
 
 
@@ -87,6 +88,7 @@ def main(argv: list[str] | None = None) -> int:
         help="also time bare (rows × k) @ (k × n) products given as RxKxN, e.g. 4096x4x256,4096x256x3",
     )
     args = ap.parse_args(argv)
+    retain_freed_memory()
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.manual_seed(0)

@@ -16,6 +16,7 @@ import torch
 from safetensors.torch import load_file
 
 from models import registry
+from models.allocator import retain_freed_memory
 from models.images import list_images, open_rgb, to_image, to_tensor
 from models.quality import bicubic_lr, crop_for_scale, psnr_y
 
@@ -97,6 +98,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, default=None)
     args = ap.parse_args(argv)
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    retain_freed_memory()
     if args.threads:
         torch.set_num_threads(args.threads)
     model = load_for_eval(args.method, args.weights, device, args.checkpoint_dir)

@@ -26,6 +26,7 @@ from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 
 from models import registry
+from models.allocator import retain_freed_memory
 from models.images import list_images, open_rgb, to_tensor
 from models.sampling import PatchSampler
 
@@ -154,6 +155,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
 
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    retain_freed_memory()
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.backends.cuda.matmul.allow_tf32 = True

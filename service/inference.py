@@ -28,6 +28,7 @@ from typing import Any, TypeVar
 
 import torch
 
+from models.allocator import retain_freed_memory
 from service.errors import Unavailable
 from service.misprediction import RatioEstimate
 
@@ -71,6 +72,7 @@ class InferencePool:
         self.wait_error = RatioEstimate()
         self.compute_error = RatioEstimate()
         torch.set_num_threads(torch_threads)  # process-wide intra-op pool, shared by the workers
+        retain_freed_memory()  # process-wide too: freed tensors' pages are reused, not re-faulted
         self._executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="elasticsr-infer")
         self._slots: asyncio.Semaphore | None = None  # created on the serving loop
         self._queued: set[Ticket] = set()
