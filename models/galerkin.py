@@ -39,7 +39,7 @@ DENSE_KV_BELOW = 5
 # short rows (on two threads about even: those reductions split across threads, thin products less).
 GROUPED_BELOW = 16
 # Queries per tile of the per-query layers at inference: a tile's 256-wide activations (4 MiB)
-# stay in cache from one layer to the next; whole 65,536-query chunks spilled to memory.
+# stay in cache from one layer to the next; whole chunks (65,536+ queries) spilled to memory.
 QUERY_TILE = 4096
 
 

@@ -14,6 +14,8 @@ from typing import Annotated
 from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from models.base import DEFAULT_MAX_QUERIES
+
 
 @dataclass(frozen=True)
 class Policy:
@@ -185,7 +187,7 @@ class Settings(BaseSettings):
     workers: int = Field(0, ge=0, description="Parallel inference workers; 0 = 1 on CPU, 2 on GPU.")
     torch_threads: int = Field(0, ge=0, description="Torch intra-op threads; 0 = CPU cores / workers.")
     max_queries: int = Field(
-        65536,
+        DEFAULT_MAX_QUERIES,
         gt=0,
         description="Output pixels decoded per chunk at full decoder width (bounds peak memory).",
     )
