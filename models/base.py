@@ -17,15 +17,9 @@ import torch
 from torch import nn
 from torch.utils._pytree import tree_map
 
+from models.defaults import DEFAULT_MAX_QUERIES
 from models.implicit import bilinear_at, flat_coords
 from models.tiers import Tier
-
-# Queries decoded per chunk at inference: bounds peak memory independently of the output size
-# (SRNO/AnySR: 128 MiB of lifted queries at full width). An output that fits one chunk decodes in
-# one pass, a larger one in blocks+1 (`GalerkinSR.render`): with 131,072 rather than 65,536,
-# AnySR's half-width subnet decodes 128² → 512² in one pass, in 0.67–0.81 of the time (one
-# thread).
-DEFAULT_MAX_QUERIES = 131072
 
 
 class ScalableSR(nn.Module):

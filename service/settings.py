@@ -14,7 +14,7 @@ from typing import Annotated
 from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from models.base import DEFAULT_MAX_QUERIES
+from models.defaults import DEFAULT_MAX_QUERIES
 
 
 @dataclass(frozen=True)
