@@ -161,7 +161,7 @@ class Stage(nn.Module):
             logits = (k * q[:, s:e, None]).sum(-1) / math.sqrt(dh)  # (B, n, g², heads)
             attn = (logits + position).softmax(dim=2)
             weighted = (v * attn[..., None]).reshape(bsz, n, -1)
-            return self.mlp.net[1:](F.linear(weighted, first.weight[:, :wide]) + cell_bias)
+            return self.mlp.after_first(F.linear(weighted, first.weight[:, :wide]) + cell_bias)
 
         # Tiles of queries keep the gathered codes and the MLP's activations in cache.
         return torch.cat([attend(s, min(nq, s + ATTENTION_TILE)) for s in range(0, nq, ATTENTION_TILE)], 1)

@@ -26,6 +26,7 @@ from models.implicit import (
     four_neighbours,
     relative_cell,
 )
+from models.mlp import thin_linear
 from models.widths import Axis, narrow
 
 Weights = dict[str, torch.Tensor]
@@ -284,7 +285,7 @@ class GalerkinDecoder(nn.Module):
     def head(self, p: Weights, x: torch.Tensor) -> torch.Tensor:
         hidden = F.linear(x, p["fc1.w"], p["fc1.b"])
         hidden = F.gelu(hidden) if torch.is_grad_enabled() else torch.ops.aten.gelu_(hidden)
-        return F.linear(hidden, p["fc2.w"], p["fc2.b"])
+        return thin_linear(hidden, p["fc2.w"], p["fc2.b"])
 
     def run(self, p: Weights, x: torch.Tensor) -> torch.Tensor:
         """Single pass over all lifted queries at once (training, or images that fit in one chunk)."""

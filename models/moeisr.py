@@ -239,7 +239,7 @@ class MoEISR(ScalableSR):
                 at = slice(s, s + PAIR_TILE) if pairs is None else pairs[s : s + PAIR_TILE]
                 # The gathered rows are the output buffer: the offset/cell product adds into them.
                 hidden = table.index_select(0, rows[at]).addmm_(pos[at], pos_weight)
-                y[at] = expert.net[1:](hidden)
+                y[at] = expert.after_first(hidden)
         weights = torch.cat([n.weight for n in neighbours], 1)
         return (y.view(b, 4 * q, 3) * weights).reshape(b, 4, q, 3).sum(1)
 

@@ -127,6 +127,25 @@ def test_galerkin_fast_decoder_equals_the_plain_formulation(width, grad) -> None
     assert torch.allclose(got, expected, atol=1e-4, rtol=1e-4), (got - expected).abs().max()
 
 
+@pytest.mark.parametrize("act", [torch.nn.ReLU, torch.nn.GELU])
+def test_mlp_thin_output_layer_equals_the_plain_stack(act) -> None:
+    """The transposed RGB product gives the plain layer stack's values and gradients, any batch shape."""
+    from models.mlp import MLP
+
+    torch.manual_seed(0)
+    mlp = MLP(12, 32, 3, depth=3, act=act)
+    x = torch.randn(2, 7, 12, requires_grad=True)
+    expected = x
+    for layer in mlp.net:
+        expected = layer(expected)
+    got = mlp(x)
+    assert got.shape == (2, 7, 3)
+    torch.testing.assert_close(got, expected)
+    (g_got,) = torch.autograd.grad(got.square().sum(), x)
+    (g_exp,) = torch.autograd.grad(expected.square().sum(), x)
+    torch.testing.assert_close(g_got, g_exp)
+
+
 def test_galerkin_chunking_is_not_the_naive_per_chunk_attention(built_models, lr_image) -> None:
     """Guard against silently normalising attention per chunk (what SRNO's row chunking does)."""
     model = built_models["ssrno"]
