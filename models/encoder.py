@@ -113,11 +113,14 @@ class EDSREncoder(nn.Module):
     ) -> torch.Tensor:
         """Features at LR size; `weights` from `narrowed` (default: the full network)."""
         weights = weights or self.narrowed()
-        h = self.head(x)
+        # Channels-last activations: on CPU the whole encoder then takes 0.71–0.91 of its NCHW time
+        # at inference (128² input, one and two threads) and 0.93–1.0 in a training step. The
+        # result goes back to NCHW, the layout the decoders index.
+        h = self.head(x.contiguous(memory_format=torch.channels_last))
         body = h
         for block, w in zip(self.body, weights, strict=True):
             body = block(body, w, scale)
-        return h + self.tail(body)
+        return (h + self.tail(body)).contiguous()
 
     def _attention_params(self, n: int) -> int:
         att = self.body[0].attention
