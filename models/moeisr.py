@@ -78,8 +78,8 @@ def budget_routing(
 ) -> torch.Tensor:
     """Expert per LR pixel (B, h*w): argmax of logits − λ·cost with the smallest λ meeting the budget."""
     # Pixel-major (B, P, J): an argmax across the J experts of each pixel is then a reduction
-    # over contiguous rows, ~18× faster on CPU than across the J rows of (J, P) (P = 128²),
-    # and the bisection below takes 24 of them per image.
+    # over contiguous rows, an order of magnitude faster on CPU than across the J rows of a
+    # (J, P) tensor, and the bisection below takes 26 of them per image (87–91 → 6–7 ms at 128²).
     flat = logits.detach().flatten(2).transpose(1, 2).contiguous()
     choice = flat.argmax(2)
     if budget >= 1.0:
