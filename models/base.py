@@ -22,6 +22,11 @@ from models.implicit import bilinear_at, flat_coords
 from models.tiers import Tier
 
 
+def model_range(lr: torch.Tensor) -> torch.Tensor:
+    """An image in [0, 1] as the networks take it: float, in [-1, 1]."""
+    return (lr.float() - 0.5) / 0.5
+
+
 class ScalableSR(nn.Module):
     """Base class: subclasses define tiers, `encode`, `decode`, `macs` and `params_used`."""
 
@@ -89,9 +94,8 @@ class ScalableSR(nn.Module):
             raise ValueError(f"output size must be positive, got {size}")
         scale = (out_h / lr.shape[2], out_w / lr.shape[3])
         knob = self.tier(tier, scale).knob
-        x = (lr.float() - 0.5) / 0.5
         chunk = self.chunk_queries(knob, max(1, max_queries // lr.shape[0]), (out_h, out_w))
-        out = self.render(x, (out_h, out_w), knob, chunk)
+        out = self.render(model_range(lr), (out_h, out_w), knob, chunk)
         return (out * 0.5 + 0.5).clamp_(0, 1)
 
     def chunk_queries(self, knob: Any, budget: int, out_size: tuple[int, int]) -> int:
@@ -129,6 +133,22 @@ class ScalableSR(nn.Module):
     @abstractmethod
     def params_used(self, knob: Any) -> int:
         """Parameters that the knob's subnetwork actually uses."""
+
+    def macs_done(
+        self,
+        lr: torch.Tensor,
+        size: tuple[int, int],
+        tier: str | Tier,
+        max_queries: int = DEFAULT_MAX_QUERIES,
+    ) -> int:
+        """Multiply-accumulates that `upscale(lr, size, tier, max_queries)` performs on this batch.
+
+        `macs` for every image where the work does not depend on the content; a method whose
+        routing does (MoEISR: `macs` is then only the tier's cap) overrides this, so that a rate
+        measured on a real run divides by the work that was really done.
+        """
+        per_image = max(1, max_queries // lr.shape[0])
+        return lr.shape[0] * self.macs(tier, (lr.shape[2], lr.shape[3]), size, per_image)
 
     def macs_per_output_pixel(self, tier: str | Tier, scale: float, lr_side: int = 128) -> float:
         out = round(lr_side * scale)

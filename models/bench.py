@@ -5,6 +5,10 @@ For each method and tier: parameters used, MACs per output pixel at each scale, 
 machine noise hits all of them alike), and the achieved GFLOP/s of the whole model and of the
 decoder alone, against a plain float32 matmul timed in the same run. Prints a table, writes JSON.
 
+The MAC/px column is each tier's count (`macs`; for MoEISR the cap its budget sets); the GFLOP/s
+divide the MACs the timed call actually did (`macs_done`; for MoEISR those of the experts its
+mapper picked on the bench's input), so that no rate is inflated by work that was not done.
+
 The decoder's fraction of the matmul peak is taken per timing, against short matmuls timed
 right before and after it, then the median over repeats: on a shared host the speed drifts
 within a run, and a peak measured only between rounds does not see the conditions under which
@@ -30,6 +34,7 @@ import torch
 
 from models import registry
 from models.allocator import retain_freed_memory
+from models.base import model_range
 from models.galerkin import QUERY_TILE
 
 
@@ -109,7 +114,7 @@ def main(argv: list[str] | None = None) -> int:
     for rep in range(args.repeats + 1):  # the first round is a warm-up
         for name, tier, s in configs:
             m, out = models[name], (round(side * s), round(side * s))
-            x = (lr - 0.5) / 0.5
+            x = model_range(lr)
             before = matmul_gflops(repeats=5) if rep else 0.0
             enc = time_call(lambda m=m, x=x, tier=tier, out=out: m.encode(x, tier.knob, out))
             total = time_call(lambda m=m, tier=tier, out=out: m.upscale(lr, out, tier))
@@ -127,9 +132,9 @@ def main(argv: list[str] | None = None) -> int:
         m, out = models[name], (round(side * s), round(side * s))
         key = (name, tier.name, s)
         total, enc = statistics.median(totals[key]), statistics.median(encodes[key])
-        macs = m.macs(tier, (side, side), out)
-        enc_macs = m.macs(tier, (side, side), (0, 0))
-        dec_macs = macs - enc_macs
+        macs = m.macs(tier, (side, side), out)  # the tier's count (MoEISR: its budget's cap)
+        done = m.macs_done(lr, out, tier)  # what the timed call did (MoEISR: as routed)
+        dec_macs = done - m.macs(tier, (side, side), (0, 0))
         timings = zip(totals[key], encodes[key], beside[key], strict=True)
         fractions = [gflops(dec_macs, t - e) / p for t, e, p in timings]
         rows.append(
@@ -143,7 +148,8 @@ def main(argv: list[str] | None = None) -> int:
                 "macs_per_output_pixel": macs / (out[0] * out[1]),
                 "latency_ms": total * 1000,
                 "encode_ms": enc * 1000,
-                "gflops": gflops(macs, total),
+                "macs_done": done,
+                "gflops": gflops(done, total),
                 "decoder_gflops": gflops(dec_macs, total - enc),
                 "matmul_gflops_beside": statistics.median(beside[key]),
                 "decoder_fraction_of_matmul": statistics.median(fractions),

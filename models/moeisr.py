@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from models.base import DEFAULT_MAX_QUERIES, ScalableSR
+from models.base import DEFAULT_MAX_QUERIES, ScalableSR, model_range
 from models.encoder import EDSREncoder
 from models.implicit import (
     band_rows,
@@ -301,6 +301,22 @@ class MoEISR(ScalableSR):
         )
         band = chunked_band_pixels(out_size, (h, w), max_queries) * self.feature_macs()
         return self._pixel_macs(mapper=state.logits is not None) * h * w + pairs + band
+
+    @torch.no_grad()
+    def macs_done(
+        self,
+        lr: torch.Tensor,
+        size: tuple[int, int],
+        tier: str | Tier,
+        max_queries: int = DEFAULT_MAX_QUERIES,
+    ) -> int:
+        """`routed_macs` of each image: what the mapper actually routed, not the budget's cap."""
+        knob = self.tier(tier).knob
+        per_image = max(1, max_queries // lr.shape[0])
+        return sum(
+            self.routed_macs(self.encode(model_range(image), knob, size), size, per_image)
+            for image in lr.split(1)
+        )
 
     def params_used(self, knob: Any) -> int:
         """All experts stay loaded and may be routed to; the budget changes MACs, not parameters."""

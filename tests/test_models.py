@@ -178,6 +178,21 @@ def test_mac_accounting_matches_a_counted_forward_pass(built_models, lr_image, n
         assert counter.get_total_flops() // 2 == expected, tier.name
 
 
+@pytest.mark.parametrize("name", ["ssrno", "anysr", "moeisr", "clit"])
+def test_macs_done_match_a_counted_forward_pass_of_that_batch(built_models, lr_image, name) -> None:
+    """The work a real call did, for a batch of two different images (MoEISR's depends on them),
+    decoded in three chunks each."""
+    max_queries = 1000
+    model = built_models[name]
+    batch = torch.cat([lr_image, lr_image.flip(-1).roll(5, -2)])
+    size = (30, 41)
+    for tier in model.tiers():
+        model.upscale(batch, size, tier)
+        with counting() as counter:
+            model.upscale(batch, size, tier, max_queries=max_queries)
+        assert counter.get_total_flops() // 2 == model.macs_done(batch, size, tier, max_queries), tier.name
+
+
 def test_narrow_galerkin_tiers_take_more_queries_per_chunk(built_models, lr_image) -> None:
     """The chunk budget is in full-width activations: AnySR's half-width subnet decodes an output
     in one pass where the full net needs several, with the same result as unchunked."""
