@@ -62,6 +62,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     g.add_argument(
         "--adaptive-methods", default="", help="comma list served by adaptive; default --method; all"
     )
+    g.add_argument(
+        "--policies",
+        default="static-richest,adaptive,static-cheapest",
+        help="which policies to run, in order (e.g. adaptive alone, with --capacity-rps, to try a setting)",
+    )
     g.add_argument("--richest-tier", default="", help="default: the method's last manifest tier")
     g.add_argument("--cheapest-tier", default="", help="default: the method's first manifest tier")
     g.add_argument(
@@ -148,11 +153,15 @@ def resolve_policies(args: argparse.Namespace) -> tuple[dict[str, str], list[str
         adaptive = list(manifests)
     else:
         adaptive = [m for m in args.adaptive_methods.split(",") if m] or [method]
-    policies = {
+    known = {
         "static-richest": f"static:{method}:{richest}",
         "adaptive": "adaptive",
         "static-cheapest": f"static:{method}:{cheapest}",
     }
+    wanted = [p for p in args.policies.split(",") if p]
+    if not wanted or any(p not in known for p in wanted):
+        raise SystemExit(f"--policies takes a comma list of {', '.join(known)}; got {args.policies!r}")
+    policies = {p: known[p] for p in wanted}
     served = {m: manifests[m] for m in {method, *adaptive} if m in manifests}
     info = {
         "method": method,
@@ -348,7 +357,7 @@ def main(argv: list[str] | None = None) -> int:
                     )
             print(
                 f"[{time.monotonic() - started:6.0f} s] {name}: {len(arrivals)} arrivals over "
-                f"{sum(lv.seconds for lv in levels):.0f} s",
+                f"{sum(lv.seconds for lv in levels):.0f} s to {url} (its /metrics can be watched)",
                 flush=True,
             )
             records = asyncio.run(run_policy(url, mix, arrivals, args))
@@ -363,7 +372,7 @@ def main(argv: list[str] | None = None) -> int:
     result["paired_vs_adaptive"] = {
         other: [paired_delta(records_of["adaptive"], records_of[other], i) for i in range(len(levels))]
         for other in records_of
-        if other != "adaptive"
+        if other != "adaptive" and "adaptive" in records_of
     }
     result["targets"] = check_targets(
         {k: v["levels"] for k, v in result["policies"].items()}, result["paired_vs_adaptive"]

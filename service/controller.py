@@ -9,9 +9,20 @@ For every candidate (method, tier) the predicted latency is
     total   = wait + compute
 
 and the choice is the candidate with the highest predicted quality (manifest PSNR at the request's
-scale; ties broken by tier index, then by fewer MACs) whose total fits the request's time budget
-and whose quality meets `min_quality`. As the backlog grows the richer tiers stop fitting and the
-choice degrades; as it drains they fit again and the choice climbs back.
+scale; ties broken by tier index, then by fewer MACs) whose total fits the request's time budget,
+whose compute the arrival rate can sustain, and whose quality meets `min_quality`. As the backlog
+grows the richer tiers stop fitting and the choice degrades; as it drains they fit again and the
+choice climbs back.
+
+Rate: a deadline check sees one request. Under a sustained spike each request can still fit its
+own deadline with a tier richer than the machine can clear at that arrival rate; the backlog then
+sits at the deadline and the excess is shed, so fewer requests are answered than if all had run
+their cheapest tier. The snapshot's `demand` is the cheapest compute that recent requests asked
+for, per second and worker (service/demand.py). At demand d a candidate may take at most
+`utilization_target / d` times the compute of the request's cheapest candidate: if every request
+took its full allowance, the workers would be busy `utilization_target` of the time. Once d
+reaches the target only the cheapest candidate remains, which is what the machine can clear
+fastest; below it the allowance is spent on quality.
 
 Slack reserve: every candidate but the cheapest must fit within (1 - reserve) of the budget. Greedy
 choice alone fills the whole budget with rich tiers, so under a sustained spike the backlog settles
@@ -29,6 +40,7 @@ is simply a one-candidate list and follows the same rules.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 from service.load import LoadSnapshot
@@ -69,6 +81,7 @@ class ControllerConfig:
     contention_weight: float = 1.0  # 0 on GPU: other processes' CPU use does not slow the device
     overhead_seconds: float = 0.0  # fixed compute cost of any request (see service/latency.py)
     reserve: float = 0.0  # fraction of the budget only the cheapest candidate may use (0 = greedy)
+    utilization_target: float = 0.0  # busy fraction the rate allowance aims at (0 = no rate limit)
 
 
 @dataclass(frozen=True)
@@ -121,6 +134,18 @@ def raw_wait(snapshot: LoadSnapshot) -> float:
 def expected_wait(snapshot: LoadSnapshot) -> float:
     """`raw_wait` times the pool's learned correction (real waits run longer than predicted)."""
     return raw_wait(snapshot) * snapshot.wait_correction
+
+
+def compute_seconds(c: Candidate, config: ControllerConfig, contention: float = 1.0) -> float:
+    """Predicted compute of a candidate: fixed overhead plus its work at its measured speed."""
+    return config.overhead_seconds + c.gmacs * c.seconds_per_gmac * contention
+
+
+def rate_allowance(demand: float, target: float) -> float:
+    """How many times its cheapest compute a request may take at this demand (inf = no limit)."""
+    if target <= 0.0 or demand <= 0.0:
+        return math.inf
+    return target / demand
 
 
 def choose(
@@ -181,9 +206,15 @@ def choose(
     prev = next((c for c in eligible if c.key == previous), None)
 
     def compute(c: Candidate, contention: float = factor) -> float:
-        return config.overhead_seconds + c.gmacs * c.seconds_per_gmac * contention
+        return compute_seconds(c, config, contention)
 
     cheapest_eligible = min(eligible, key=compute)
+    allowance = rate_allowance(snapshot.demand, config.utilization_target)
+
+    def sustainable(c: Candidate) -> bool:
+        if allowance == math.inf or c is cheapest_eligible:
+            return True
+        return compute(c, 1.0) <= allowance * compute(cheapest_eligible, 1.0)
 
     def fits(c: Candidate) -> bool:
         limit = need.budget_seconds
@@ -193,7 +224,7 @@ def choose(
             limit *= 1.0 - config.hysteresis  # climbing needs headroom
         return wait + compute(c) <= limit
 
-    fitting = [c for c in eligible if fits(c)]
+    fitting = [c for c in eligible if sustainable(c) and fits(c)]
     if fitting:
         best = max(fitting, key=Candidate.rank)
         return Decision(

@@ -33,6 +33,7 @@ class LoadSnapshot:
     backlog_seconds: float = 0.0  # predicted compute still owed to admitted requests
     wait_correction: float = 1.0  # factor on predicted waits, learned by the inference pool
     compute_margin: float = 1.0  # factor on predicted compute at start time, likewise
+    demand: float = 0.0  # cheapest compute asked for per second per worker, recently (service/demand.py)
 
     @property
     def external_cpu_utilization(self) -> float:

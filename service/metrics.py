@@ -171,6 +171,17 @@ class Metrics:
             "Factor on predicted compute when a request starts: measured ÷ predicted, mean + k deviations.",
             registry=r,
         )
+        self.pace = Gauge(
+            "elasticsr_latency_pace_ratio",
+            "Compute time now against the tiers' calibration, shared by every tier (2 = twice as slow).",
+            registry=r,
+        )
+        self.demand = Gauge(
+            "elasticsr_demand_ratio",
+            "Compute recent sync requests asked for at their cheapest tier, per second and worker "
+            "(1 = even the cheapest tiers keep the workers busy).",
+            registry=r,
+        )
         self.ready = Gauge("elasticsr_ready", "1 when models are loaded and warmed up.", registry=r)
         for reason in SHED_REASONS:
             self.shed.labels(reason)
@@ -202,6 +213,7 @@ class Metrics:
         self.backlog.set(snap.backlog_seconds)
         self.wait_correction.set(snap.wait_correction)
         self.compute_margin.set(snap.compute_margin)
+        self.demand.set(snap.demand)
 
     def set_jobs(self, depth: int, running: int, workers: int, oldest_age_seconds: float) -> None:
         self.queue_depth.set(depth)

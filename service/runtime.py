@@ -13,7 +13,7 @@ import contextlib
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import anyio
@@ -23,7 +23,16 @@ from models import registry
 from models.base import ScalableSR
 from models.manifest import predicted_gain_db, predicted_psnr_db
 from models.tiers import Tier
-from service.controller import Candidate, ControllerConfig, Decision, Need, choose, contention_factor
+from service.controller import (
+    Candidate,
+    ControllerConfig,
+    Decision,
+    Need,
+    choose,
+    compute_seconds,
+    contention_factor,
+)
+from service.demand import DemandMeter
 from service.errors import InvalidParameter, Unavailable
 from service.imaging import DecodedImage, to_tensor
 from service.inference import InferencePool
@@ -34,6 +43,7 @@ from service.settings import Settings
 from service.sizing import OutputSize
 
 log = logging.getLogger(__name__)
+MACS_MEMO_SIZE = 4096  # (tier, input size, output size) counts remembered per method
 
 Loader = Callable[[str, str, str | None], ScalableSR]
 
@@ -48,6 +58,19 @@ class LoadedMethod:
     model: ScalableSR
     manifest: dict[str, Any]
     tiers: list[Tier]
+    _macs: dict[tuple[str, tuple[int, int], tuple[int, int]], int] = field(default_factory=dict)
+
+    def gmacs(self, tier: Tier, lr_size: tuple[int, int], out_hw: tuple[int, int]) -> float:
+        """The tier's GMACs for this request's sizes. Remembered: every request asks for every
+        tier of every method, and counting them takes about a millisecond per request on the
+        event loop; traffic repeats sizes, and the memo is emptied when it grows large."""
+        key = (tier.name, lr_size, out_hw)
+        macs = self._macs.get(key)
+        if macs is None:
+            if len(self._macs) >= MACS_MEMO_SIZE:
+                self._macs.clear()
+            macs = self._macs[key] = self.model.macs(tier, lr_size, out_hw)
+        return macs / 1e9
 
 
 def _quality(manifest: dict[str, Any], tier: str, scale: float) -> float:
@@ -73,13 +96,16 @@ class Runtime:
         self.latency = LatencyModel(
             settings.latency_ewma_alpha, settings.default_seconds_per_gmac, settings.overhead_ms / 1000.0
         )
+        self.metrics.pace.set(self.latency.pace)
         self.sampler = LoadSampler(self.device)
         self.config = ControllerConfig(
             hysteresis=settings.hysteresis,
             contention_weight=0.0 if self.device.startswith("cuda") else settings.contention_weight,
             overhead_seconds=settings.overhead_ms / 1000.0,
             reserve=settings.slack_reserve,
+            utilization_target=settings.utilization_target,
         )
+        self.demand = DemandMeter(settings.demand_window_s)
         self.memory_limit = settings.memory_limit_bytes or default_memory_limit()
         self.methods: dict[str, LoadedMethod] = {}
         self.failures: dict[str, str] = {}
@@ -203,6 +229,7 @@ class Runtime:
             backlog_seconds=self.pool.backlog_seconds(),
             wait_correction=self.pool.wait_correction,
             compute_margin=self.pool.compute_margin,
+            demand=self.demand.utilization(self.pool.workers),
         )
 
     def snapshot(self) -> LoadSnapshot:
@@ -273,7 +300,7 @@ class Runtime:
                 tier=t.name,
                 index=t.index,
                 predicted_psnr_db=_quality(loaded.manifest, t.name, out.scale),
-                gmacs=loaded.model.macs(t, lr_size, out_hw) / 1e9,
+                gmacs=loaded.gmacs(t, lr_size, out_hw),
                 seconds_per_gmac=self.latency.get((loaded.name, t.name)),
             )
             for loaded, t in chosen
@@ -290,7 +317,10 @@ class Runtime:
         *,
         remember: bool = True,
     ) -> Decision:
-        """Apply the pure policy; with `remember`, adaptive choices feed the hysteresis of the next."""
+        """Apply the pure policy. With `remember` (sync requests), the request counts towards the
+        demand that later decisions see, and an adaptive choice feeds the next one's hysteresis."""
+        if remember:
+            self.demand.record(min(compute_seconds(c, self.config) for c in candidates))
         previous = self.previous if remember and not pinned else None
         decision = choose(snapshot, candidates, need, self.config, previous)
         if remember and decision.outcome == "run" and not pinned and decision.candidate is not None:
@@ -312,8 +342,10 @@ class Runtime:
     def observe(self, candidate: Candidate, compute_seconds: float) -> None:
         """Feed a served request back into the latency model."""
         factor = contention_factor(self.snapshot(), self.config.contention_weight)
-        value = self.latency.observe(candidate.key, compute_seconds, candidate.gmacs, factor)
-        self.metrics.latency_model.labels(*candidate.key).set(value)
+        self.latency.observe(candidate.key, compute_seconds, candidate.gmacs, factor)
+        for key, value in self.latency.items():  # the shared pace moved every tier's figure
+            self.metrics.latency_model.labels(*key).set(value)
+        self.metrics.pace.set(self.latency.pace)
 
     def encode_estimate(self, output_pixels: int) -> float:
         return self.encode_seconds_per_mp * output_pixels / 1e6

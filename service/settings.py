@@ -120,6 +120,17 @@ class Settings(BaseSettings):
         description="Fraction of the deadline only the cheapest tier may use, so that a spike degrades "
         "quality before it misses deadlines.",
     )
+    utilization_target: float = Field(
+        0.7,
+        ge=0.0,
+        le=1.0,
+        description="Under load, each request may take at most this ÷ demand times its cheapest tier's "
+        "compute (demand: the cheapest compute recent requests asked for, per second and worker), so "
+        "that a spike moves every request to cheap tiers instead of shedding; 0 = no rate limit.",
+    )
+    demand_window_s: float = Field(
+        5.0, gt=0.0, description="Seconds of arrivals the demand is measured over."
+    )
     prediction_deviations: float = Field(
         2.0,
         ge=0.0,
@@ -132,7 +143,10 @@ class Settings(BaseSettings):
         description="How much CPU load from other processes slows predicted compute (0 = ignore).",
     )
     latency_ewma_alpha: float = Field(
-        0.2, gt=0.0, le=1.0, description="Weight of each observed latency in the per-tier latency model."
+        0.2,
+        gt=0.0,
+        le=1.0,
+        description="Log-space step of each observed latency (the shared pace; the tier a quarter of it).",
     )
     overhead_ms: float = Field(
         50.0, ge=0.0, description="Fixed compute cost of any request in the latency model."

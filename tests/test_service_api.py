@@ -15,7 +15,7 @@ import httpx
 import pytest
 from fastapi import FastAPI
 from PIL import Image
-from service_support import checkpoint_dir, decoded, image_bytes, make_settings, served
+from service_support import checkpoint_dir, decoded, image_bytes, make_settings, metric, served
 
 from service.api.deps import get_load_probe
 from service.load import LoadSnapshot
@@ -287,6 +287,30 @@ async def test_controller_degrades_under_load_and_climbs_back() -> None:
         inject_load(app, LoadSnapshot(workers=1))
         back = await client.post(query, content=body, headers=PNG)
         assert back.headers["x-elasticsr-tier"] == "X"
+
+
+async def test_arrival_rate_moves_requests_to_the_cheapest_tier_and_is_measured() -> None:
+    """An idle pool but a demand the richer tiers cannot sustain: XS, with the deadline to spare."""
+    async with served(make_settings(methods=["ssrno"], contention_weight=0.0)) as (app, client):
+        runtime = app.state.runtime
+        body, query = image_bytes(8, 8), "/upscale?scale=2&deadline_ms=60000"
+        assert runtime.snapshot().demand == 0.0
+        first = await client.post(query, content=body, headers=PNG)
+        assert first.headers["x-elasticsr-tier"] == "X", first.text
+        assert runtime.snapshot().demand > 0.0  # that request's cheapest compute, over the window
+
+        inject_load(app, LoadSnapshot(workers=1, demand=runtime.config.utilization_target))
+        spike = await client.post(query, content=body, headers=PNG)
+        assert spike.status_code == 200, spike.text
+        assert spike.headers["x-elasticsr-tier"] == "XS"
+        pinned = await client.post(query + "&tier=X", content=body, headers=PNG)
+        assert pinned.headers["x-elasticsr-tier"] == "X"  # a pinned tier is the client's choice
+
+        inject_load(app, LoadSnapshot(workers=1, demand=runtime.config.utilization_target / 100))
+        calm = await client.post(query, content=body, headers=PNG)
+        assert calm.headers["x-elasticsr-tier"] == "X"
+        metrics = (await client.get("/metrics")).text
+        assert metric(metrics, "elasticsr_demand_ratio") >= 0.0
 
 
 async def test_full_queue_is_shed() -> None:

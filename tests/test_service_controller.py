@@ -204,3 +204,27 @@ def test_slack_reserve_degrades_before_the_deadline_but_keeps_the_cheapest_whole
     # A single (static or pinned) candidate is the cheapest of its list: the reserve never sheds it.
     only_x = [c for c in CANDIDATES if c.tier == "X"]
     assert picked(choose(busy(0.9), only_x, need, reserved)) == ("ssrno", "X")
+
+
+def test_demand_limits_each_request_to_what_the_arrival_rate_can_sustain() -> None:
+    """A generous deadline fits every tier; the rate allowance (target ÷ demand × the cheapest
+    compute, 0.1 s here) decides: ×4 at demand 0.2 (up to 0.4 s: M), ×1 and below at 0.8 or more."""
+    need, config = Need(budget_seconds=30.0), ControllerConfig(hysteresis=0.0, utilization_target=0.8)
+    assert picked(choose(LoadSnapshot(demand=0.0), CANDIDATES, need, config)) == ("ssrno", "X")
+    assert picked(choose(LoadSnapshot(demand=0.08), CANDIDATES, need, config)) == ("ssrno", "X")
+    assert picked(choose(LoadSnapshot(demand=0.2), CANDIDATES, need, config)) == ("ssrno", "M")
+    assert picked(choose(LoadSnapshot(demand=0.35), CANDIDATES, need, config)) == ("anysr", "w0.5")
+    for demand in (0.8, 1.0, 5.0):  # the cheapest is never refused for the rate's sake
+        assert picked(choose(LoadSnapshot(demand=demand), CANDIDATES, need, config)) == ("ssrno", "XS")
+    # Without a target the rate is ignored; a single (pinned or static) candidate always passes.
+    assert picked(choose(LoadSnapshot(demand=5.0), CANDIDATES, need, NO_HYSTERESIS)) == ("ssrno", "X")
+    only_x = [c for c in CANDIDATES if c.tier == "X"]
+    assert picked(choose(LoadSnapshot(demand=5.0), only_x, need, config)) == ("ssrno", "X")
+
+
+def test_rate_allowance_is_relative_to_the_cheapest_candidate_left_eligible() -> None:
+    """With min_quality excluding XS, w0.5 (0.2 s) is the cheapest: ×2 at demand 0.4 admits M (0.4 s)."""
+    config = ControllerConfig(hysteresis=0.0, utilization_target=0.8)
+    need = Need(budget_seconds=30.0, min_quality_db=30.1)
+    assert picked(choose(LoadSnapshot(demand=0.4), CANDIDATES, need, config)) == ("ssrno", "M")
+    assert picked(choose(LoadSnapshot(demand=0.9), CANDIDATES, need, config)) == ("anysr", "w0.5")

@@ -28,6 +28,7 @@ CONTRACT = {
     "elasticsr_load_gpu_memory_bytes": "gauge",
     "elasticsr_queue_depth": "gauge",
     "elasticsr_tier_latency_seconds_per_gmac": "gauge",
+    "elasticsr_demand_ratio": "gauge",
 }
 
 

@@ -144,15 +144,47 @@ def test_defaults_resolve_for_this_machine() -> None:
 # --- latency model -----------------------------------------------------------------------------
 
 
-def test_latency_model_prior_calibration_and_ewma() -> None:
+def test_latency_model_prior_calibration_and_learning() -> None:
     model = LatencyModel(alpha=0.5, default_seconds_per_gmac=0.2, overhead_seconds=0.0)
     key = ("ssrno", "X")
     assert model.get(key) == 0.2 and not model.calibrated(key)
     model.calibrate(key, seconds=1.0, gmacs=10.0)
     assert model.get(key) == pytest.approx(0.1) and model.calibrated(key)
-    model.observe(key, seconds=2.0, gmacs=10.0)  # sample 0.2 -> halfway
-    assert model.get(key) == pytest.approx(0.15)
-    assert model.predict(key, 10.0, contention=2.0) == pytest.approx(3.0)
+    model.observe(key, seconds=2.0, gmacs=10.0)  # sample 0.2: half the log-step to the pace,
+    assert model.pace == pytest.approx(2**0.5)  # an eighth more to the tier's own rate
+    assert model.get(key) == pytest.approx(0.1 * 2 ** (0.5 * 1.25))
+    assert model.predict(key, 10.0, contention=2.0) == pytest.approx(20 * model.get(key))
+
+
+def test_latency_model_moves_every_tier_with_the_machine_but_keeps_their_order() -> None:
+    """Only b0 is served during a spike and it runs 3x slower: every tier's figure follows, so a
+    tier nobody ran does not start to look cheaper than the one that did; then the pace recovers."""
+    model = LatencyModel(alpha=0.2, default_seconds_per_gmac=0.1, overhead_seconds=0.0)
+    cheap, rich = ("moeisr", "b0"), ("moeisr", "full")
+    model.calibrate(cheap, seconds=1.0, gmacs=10.0)  # 0.1 s per GMAC
+    model.calibrate(rich, seconds=1.5, gmacs=10.0)  # 0.15
+    for _ in range(40):
+        model.observe(cheap, seconds=3.0, gmacs=10.0)
+    assert model.get(cheap) == pytest.approx(0.3, rel=0.05)
+    assert model.pace > 2.0  # most of the slowdown is the machine's
+    assert model.get(rich) > 0.3  # still above the cheap tier, not stuck at its idle 0.15
+    for _ in range(40):
+        model.observe(cheap, seconds=1.0, gmacs=10.0)
+    assert model.get(cheap) == pytest.approx(0.1, rel=0.05)
+    assert model.get(rich) == pytest.approx(0.15, rel=0.2)
+
+
+def test_latency_model_corrects_one_tiers_figure_without_moving_the_others_for_good() -> None:
+    """A tier whose warm-up figure was half its real cost, observed alongside a correct one."""
+    model = LatencyModel(alpha=0.2, default_seconds_per_gmac=0.1, overhead_seconds=0.0)
+    right, wrong = ("a", "right"), ("a", "wrong")
+    model.calibrate(right, seconds=1.0, gmacs=10.0)
+    model.calibrate(wrong, seconds=1.0, gmacs=10.0)  # really costs 0.2 per GMAC
+    for _ in range(200):
+        model.observe(right, seconds=1.0, gmacs=10.0)
+        model.observe(wrong, seconds=2.0, gmacs=10.0)
+    assert model.get(right) == pytest.approx(0.1, rel=0.1)
+    assert model.get(wrong) == pytest.approx(0.2, rel=0.1)
 
 
 def test_latency_model_normalises_contention_and_resists_outliers() -> None:
@@ -160,10 +192,11 @@ def test_latency_model_normalises_contention_and_resists_outliers() -> None:
     key = ("a", "b")
     model.observe(key, seconds=2.0, gmacs=10.0, contention=2.0)  # 0.2 observed at 2x contention
     assert model.get(key) == pytest.approx(0.1)
-    model.observe(key, seconds=100.0, gmacs=10.0)  # a 100x outlier moves it at most 4x
-    assert model.get(key) == pytest.approx(0.4)
+    model.observe(key, seconds=100.0, gmacs=10.0)  # a 100x outlier moves the pace at most 4x
+    assert model.pace == pytest.approx(4.0)
+    before = model.get(key)
     model.observe(key, seconds=100.0, gmacs=0.01)  # tiny requests teach nothing
-    assert model.get(key) == pytest.approx(0.4)
+    assert model.get(key) == before
 
 
 def test_latency_model_subtracts_the_fixed_overhead() -> None:
