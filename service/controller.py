@@ -5,7 +5,7 @@ For every candidate (method, tier) the predicted latency is
     wait    = backlog of admitted compute / workers × wait correction
               (0 when a worker is free and nobody queues; the correction is the measured ratio of
               real to predicted waits: hand-offs between jobs and predictions made low by load)
-    compute = (tier's fixed cost + request GMACs × tier's seconds per GMAC) × contention factor
+    compute = overhead + request GMACs × tier's seconds per GMAC × contention factor
     total   = wait + compute
 
 and the choice is the candidate with the highest predicted quality (manifest PSNR at the request's
@@ -56,7 +56,6 @@ class Candidate:
     predicted_psnr_db: float  # 0.0 when the manifest has no measurement
     gmacs: float  # work for this request's input and output size
     seconds_per_gmac: float  # uncontended, from the latency model
-    fixed_seconds: float = 0.0  # uncontended cost of any request on this tier, likewise
 
     @property
     def key(self) -> tuple[str, str]:
@@ -80,6 +79,7 @@ class Need:
 class ControllerConfig:
     hysteresis: float = 0.15
     contention_weight: float = 1.0  # 0 on GPU: other processes' CPU use does not slow the device
+    overhead_seconds: float = 0.0  # fixed compute cost of any request (see service/latency.py)
     reserve: float = 0.0  # fraction of the budget only the cheapest candidate may use (0 = greedy)
     utilization_target: float = 0.0  # busy fraction the rate allowance aims at (0 = no rate limit)
 
@@ -136,9 +136,9 @@ def expected_wait(snapshot: LoadSnapshot) -> float:
     return raw_wait(snapshot) * snapshot.wait_correction
 
 
-def compute_seconds(c: Candidate, contention: float = 1.0) -> float:
-    """Predicted compute of a candidate: its fixed cost plus its work at its measured speed."""
-    return (c.fixed_seconds + c.gmacs * c.seconds_per_gmac) * contention
+def compute_seconds(c: Candidate, config: ControllerConfig, contention: float = 1.0) -> float:
+    """Predicted compute of a candidate: fixed overhead plus its work at its measured speed."""
+    return config.overhead_seconds + c.gmacs * c.seconds_per_gmac * contention
 
 
 def rate_allowance(demand: float, target: float) -> float:
@@ -206,7 +206,7 @@ def choose(
     prev = next((c for c in eligible if c.key == previous), None)
 
     def compute(c: Candidate, contention: float = factor) -> float:
-        return compute_seconds(c, contention)
+        return compute_seconds(c, config, contention)
 
     cheapest_eligible = min(eligible, key=compute)
     allowance = rate_allowance(snapshot.demand, config.utilization_target)

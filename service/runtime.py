@@ -101,6 +101,7 @@ class Runtime:
         self.config = ControllerConfig(
             hysteresis=settings.hysteresis,
             contention_weight=0.0 if self.device.startswith("cuda") else settings.contention_weight,
+            overhead_seconds=settings.overhead_ms / 1000.0,
             reserve=settings.slack_reserve,
             utilization_target=settings.utilization_target,
         )
@@ -167,47 +168,37 @@ class Runtime:
             log.info("loaded %s (%d tiers) on %s", name, len(tiers), self.device)
 
     def warm_up(self) -> None:
-        """Run every tier on small images: first touch (allocations, caches), then timed runs at
-        two sizes (`warmup_size` and 3× it, ×2), from which the latency model fits each tier's
-        fixed cost and seconds per GMAC."""
-        sides = (self.settings.warmup_size, 3 * self.settings.warmup_size)
-        inputs = [torch.rand(1, 3, side, side, device=self.device) for side in sides]
+        """Run every tier on a small image: first touch (allocations, caches), then timed runs."""
+        side = self.settings.warmup_size
+        lr = torch.rand(1, 3, side, side, device=self.device)
+        size = (2 * side, 2 * side)
         for name, loaded in list(self.methods.items()):
             try:
                 for tier in loaded.tiers:
-                    self._warm_up_tier(loaded, tier, inputs)
+                    self._warm_up_tier(loaded, tier, lr, size)
             except Exception as exc:  # a method that cannot run is not served; the others are
                 log.exception("warm-up of %s failed", name)
                 self.failures[name] = f"warm-up failed: {exc}"
                 del self.methods[name]
 
-    def _warm_up_tier(self, loaded: LoadedMethod, tier: Tier, inputs: list[torch.Tensor]) -> None:
-        runs = []
-        for lr in inputs:
-            size = (2 * lr.shape[2], 2 * lr.shape[3])
+    def _warm_up_tier(
+        self, loaded: LoadedMethod, tier: Tier, lr: torch.Tensor, size: tuple[int, int]
+    ) -> None:
+        def run() -> torch.Tensor:
+            return loaded.model.upscale(lr, size, tier=tier).cpu()
 
-            def run(lr: torch.Tensor = lr, size: tuple[int, int] = size) -> torch.Tensor:
-                return loaded.model.upscale(lr, size, tier=tier).cpu()
-
-            self.pool.run_blocking(run)  # first touch: allocations, derived weights
-            t0 = time.perf_counter()
-            for _ in range(self.settings.warmup_runs):
-                self.pool.run_blocking(run)
-            seconds = (time.perf_counter() - t0) / self.settings.warmup_runs
-            runs.append((seconds, loaded.gmacs(tier, (lr.shape[2], lr.shape[3]), size)))
+        self.pool.run_blocking(run)  # first touch: allocations, derived weights
+        t0 = time.perf_counter()
+        for _ in range(self.settings.warmup_runs):
+            self.pool.run_blocking(run)
+        seconds = (time.perf_counter() - t0) / self.settings.warmup_runs
+        gmacs = loaded.model.macs(tier, (lr.shape[2], lr.shape[3]), size) / 1e9
         # The latest reading of the sampler (sampling here too would race the sampling task).
         factor = contention_factor(self.snapshot_from(self.sampler.latest), self.config.contention_weight)
         key = (loaded.name, tier.name)
-        self.latency.calibrate(key, runs, factor)
+        self.latency.calibrate(key, seconds, gmacs, factor)
         self.metrics.latency_model.labels(*key).set(self.latency.get(key))
-        cost = self.latency.cost(key)
-        log.info(
-            "warm-up %s/%s: %.1f ms + %.2f ms/GMAC (%s)",
-            *key,
-            cost.fixed_seconds * 1000,
-            cost.seconds_per_gmac * 1000,
-            ", ".join(f"{t * 1000:.0f} ms for {g:.3f} GMAC" for t, g in runs),
-        )
+        log.info("warm-up %s/%s: %.0f ms for %.3f GMAC", *key, seconds * 1000, gmacs)
 
     async def sample_forever(self) -> None:
         """Keep the machine-load reading and the load gauges fresh."""
@@ -310,11 +301,9 @@ class Runtime:
                 index=t.index,
                 predicted_psnr_db=_quality(loaded.manifest, t.name, out.scale),
                 gmacs=loaded.gmacs(t, lr_size, out_hw),
-                seconds_per_gmac=cost.seconds_per_gmac,
-                fixed_seconds=cost.fixed_seconds,
+                seconds_per_gmac=self.latency.get((loaded.name, t.name)),
             )
             for loaded, t in chosen
-            for cost in [self.latency.cost((loaded.name, t.name))]
         ]
         pinned = tier is not None or self.policy.kind == "static"
         return result, pinned
@@ -331,7 +320,7 @@ class Runtime:
         """Apply the pure policy. With `remember` (sync requests), the request counts towards the
         demand that later decisions see, and an adaptive choice feeds the next one's hysteresis."""
         if remember:
-            self.demand.record(min(compute_seconds(c) for c in candidates))
+            self.demand.record(min(compute_seconds(c, self.config) for c in candidates))
         previous = self.previous if remember and not pinned else None
         decision = choose(snapshot, candidates, need, self.config, previous)
         if remember and decision.outcome == "run" and not pinned and decision.candidate is not None:

@@ -149,7 +149,7 @@ class Settings(BaseSettings):
         description="Log-space step of each observed latency (the shared pace; the tier a quarter of it).",
     )
     overhead_ms: float = Field(
-        50.0, ge=0.0, description="Prior fixed cost of any request, until warm-up measures each tier's own."
+        50.0, ge=0.0, description="Fixed compute cost of any request in the latency model."
     )
     default_seconds_per_gmac: float = Field(
         0.15, gt=0.0, description="Latency prior per GMAC for a tier with no manifest timing and no warm-up."
@@ -206,9 +206,7 @@ class Settings(BaseSettings):
         description="Output pixels decoded per chunk at full decoder width (bounds peak memory).",
     )
     warmup: bool = Field(True, description="Run every tier once at start-up to calibrate the latency model.")
-    warmup_size: int = Field(
-        16, ge=4, description="Side of the smaller square input warm-up times (also 3× it; output is 2×)."
-    )
+    warmup_size: int = Field(16, ge=4, description="Side of the square input used by warm-up (output is 2×).")
     warmup_runs: int = Field(1, ge=1, description="Timed warm-up runs per tier (after one untimed run).")
 
     # --- output encoding ---

@@ -146,18 +146,11 @@ def test_cpu_contention_from_other_processes_makes_tiers_cheaper() -> None:
     assert contention_factor(LoadSnapshot(cpu_utilization=0.9, process_cpu_utilization=0.9), 1.0) == 1.0
 
 
-def test_each_tiers_fixed_cost_is_part_of_its_prediction() -> None:
-    with_fixed = [replace(c, fixed_seconds=0.5) for c in CANDIDATES]
-    decision = choose(IDLE, with_fixed, Need(budget_seconds=1.2), NO_HYSTERESIS)
+def test_overhead_is_part_of_every_prediction() -> None:
+    config = ControllerConfig(overhead_seconds=0.5)
+    decision = choose(IDLE, CANDIDATES, Need(budget_seconds=1.2), config)
     assert picked(decision) == ("anysr", "w1")  # X would need 1.5 s
     assert decision.compute_seconds == pytest.approx(1.1)
-    # A fixed cost that differs between tiers reorders them: XS's makes w0.5 the cheapest.
-    skewed = [replace(c, fixed_seconds=0.3 if c.tier == "XS" else 0.0) for c in CANDIDATES]
-    config = ControllerConfig(hysteresis=0.0, utilization_target=0.8)
-    assert picked(choose(LoadSnapshot(demand=2.0), skewed, Need(budget_seconds=30.0), config)) == (
-        "anysr",
-        "w0.5",
-    )
 
 
 def test_hysteresis_needs_headroom_to_climb_but_not_to_stay() -> None:

@@ -26,8 +26,7 @@ class TierInfo(BaseModel):
     )
     psnr_y: dict[str, dict[str, float]] = Field(default_factory=dict, description="dB by dataset and scale.")
     seconds_per_gmac: float = Field(description="This server's latency model for the tier, now.")
-    fixed_seconds: float = Field(description="Its fixed cost of any request on the tier, now.")
-    calibrated: bool = Field(description="Whether both were measured here (warm-up).")
+    calibrated: bool = Field(description="Whether seconds_per_gmac was measured here (warm-up).")
 
 
 class MethodInfo(BaseModel):
@@ -54,7 +53,6 @@ def _tier_info(runtime: Runtime, method: str, manifest: dict[str, Any], tier: An
     except KeyError:
         entry = {}
     key = (method, tier.name)
-    cost = runtime.latency.cost(key)
     return TierInfo(
         name=tier.name,
         index=tier.index,
@@ -63,8 +61,7 @@ def _tier_info(runtime: Runtime, method: str, manifest: dict[str, Any], tier: An
         macs_per_output_pixel=entry.get("macs_per_output_pixel", {}),
         cpu_latency_ms=entry.get("cpu_latency_ms", {}),
         psnr_y=entry.get("psnr_y", {}),
-        seconds_per_gmac=cost.seconds_per_gmac,
-        fixed_seconds=cost.fixed_seconds,
+        seconds_per_gmac=runtime.latency.get(key),
         calibrated=runtime.latency.calibrated(key),
     )
 
