@@ -58,7 +58,9 @@ class LoadedMethod:
     model: ScalableSR
     manifest: dict[str, Any]
     tiers: list[Tier]
-    _macs: dict[tuple[str, tuple[int, int], tuple[int, int]], int] = field(default_factory=dict)
+    _macs: dict[tuple[str, tuple[int, int], tuple[int, int]], int] = field(
+        default_factory=dict, init=False, repr=False
+    )
 
     def gmacs(self, tier: Tier, lr_size: tuple[int, int], out_hw: tuple[int, int]) -> float:
         """The tier's GMACs for this request's sizes. Remembered: every request asks for every
