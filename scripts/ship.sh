@@ -4,14 +4,14 @@
 # Set5 and Set14 are evaluated whole; B100 on its first $LIMIT images (CPU time), which the
 # manifest records per tier as eval_images. Latency is merged later, for all methods in one
 # models.bench run (scripts/ship_bench.sh), so that timings are comparable.
-# Usage: scripts/ship.sh METHOD [RUN_DIR]   (RUN_DIR defaults to runs/METHOD; env: LIMIT=5 THREADS=1 BENCH_DIR=../shared/datasets/bench)
+# Usage: scripts/ship.sh METHOD [RUN_DIR]   (RUN_DIR defaults to runs/METHOD; env: LIMIT=20 THREADS=1 BENCH_DIR=../shared/datasets/bench)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 method=$1
 run=${2:-runs/$method}
 py=${PYTHON:-.venv/bin/python}
 bench=${BENCH_DIR:-../shared/datasets/bench}
-limit=${LIMIT:-5}
+limit=${LIMIT:-20}
 threads=${THREADS:-1}
 mkdir -p runs/eval
 "$py" -m models.export --method "$method" --run "$run"
