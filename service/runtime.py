@@ -21,6 +21,7 @@ import torch
 
 from models import registry
 from models.base import ScalableSR
+from models.images import synthetic_photo
 from models.manifest import predicted_gain_db, predicted_psnr_db
 from models.tiers import Tier
 from service.controller import (
@@ -172,7 +173,8 @@ class Runtime:
     def warm_up(self) -> None:
         """Run every tier on a small image: first touch (allocations, caches), then timed runs."""
         side = self.settings.warmup_size
-        lr = torch.rand(1, 3, side, side, device=self.device)
+        # Not noise: MoEISR's cost depends on content, and noise routes far heavier than photographs.
+        lr = synthetic_photo(side, side).to(self.device)
         size = (2 * side, 2 * side)
         for name, loaded in list(self.methods.items()):
             try:
