@@ -57,7 +57,8 @@ def synthetic_photo(height: int, width: int, seed: int = 0, slope: float = 1.2) 
     def field() -> torch.Tensor:
         phase = torch.rand(f.shape, generator=g) * (2 * math.pi)
         x = torch.fft.irfft2(torch.polar(amplitude, phase), s=(height, width))
-        return x / x.std().clamp_min(1e-12)
+        spread = x.std() if x.numel() > 1 else x.new_ones(())  # a 1×1 field is all zeros
+        return x / spread.clamp_min(1e-12)
 
     lum, c1, c2 = field(), field(), field()
     image = torch.stack([lum + 0.3 * c1, lum - 0.15 * c1 + 0.25 * c2, lum - 0.3 * c2]) * 0.15 + 0.45

@@ -28,6 +28,8 @@ def test_synthetic_photo_is_deterministic_in_range_and_any_shape() -> None:
     assert a.shape == (1, 3, 37, 50) and torch.equal(a, b)
     assert a.min() >= 0 and a.max() <= 1 and a.std() > 0.05
     assert not torch.equal(synthetic_photo(37, 50, seed=4), a)
+    for side in (1, 2):  # degenerate sizes stay finite
+        assert torch.isfinite(synthetic_photo(side, side)).all()
 
 
 def test_synthetic_photo_has_a_photographs_spectrum_and_noise_does_not() -> None:
