@@ -206,7 +206,7 @@ class Settings(BaseSettings):
         description="Output pixels decoded per chunk at full decoder width (bounds peak memory).",
     )
     warmup: bool = Field(True, description="Run every tier once at start-up to calibrate the latency model.")
-    warmup_size: int = Field(16, ge=4, description="Side of the square input used by warm-up (output is 2×).")
+    warmup_size: int = Field(16, ge=4, description="Side of the synthetic photo warm-up runs on (output 2×).")
     warmup_runs: int = Field(1, ge=1, description="Timed warm-up runs per tier (after one untimed run).")
 
     # --- output encoding ---
