@@ -4,7 +4,8 @@ MoEISR's cost depends on the picture: its mapper sends busy regions to heavy exp
 and the service's warm-up time tiers on `synthetic_photo`, not on uniform noise, because noise
 routes far heavier than photographs do. This measures that claim: for each tier, the MACs the
 routed call did over the tier's cap, on noise, on synthetic photos and on real crops (the LR
-being the top-left `--size` square of each HR image downscaled ×2 bicubic), and writes JSON.
+being the top-left `--size` square of each HR image's ×2 LR as `models.quality` makes it for
+evaluation), and writes JSON.
 
     python -m models.content_cost --data ../shared/datasets/bench/set14 ../shared/datasets/bench/b100
 """
@@ -17,10 +18,10 @@ import statistics
 from pathlib import Path
 
 import torch
-from PIL import Image
 
 from models import registry
 from models.images import list_images, open_rgb, synthetic_photo, to_tensor
+from models.quality import bicubic_lr, crop_for_scale
 
 
 def real_crops(folders: list[str], side: int, limit: int | None) -> list[torch.Tensor]:
@@ -28,8 +29,7 @@ def real_crops(folders: list[str], side: int, limit: int | None) -> list[torch.T
     crops = []
     for folder in folders:
         for path in list_images(folder)[:limit]:
-            image = open_rgb(path)
-            image = image.resize((image.width // 2, image.height // 2), Image.Resampling.BICUBIC)
+            image = bicubic_lr(*crop_for_scale(open_rgb(path), 2))  # the evaluation's ×2 LR
             if min(image.size) >= side:
                 crops.append(to_tensor(image)[None, :, :side, :side].float() / 255)
     return crops
@@ -52,8 +52,10 @@ def main(argv: list[str] | None = None) -> int:
     side, out = args.size, (round(args.size * args.scale),) * 2
     tiers = model.tiers()
 
+    caps = [model.macs(t, (side, side), out) for t in tiers]
+
     def shares(lr: torch.Tensor) -> list[float]:
-        return [model.macs_done(lr, out, t) / model.macs(t, (side, side), out) for t in tiers]
+        return [model.macs_done(lr, out, t) / cap for t, cap in zip(tiers, caps, strict=True)]
 
     crops = real_crops(args.data, side, args.limit)
     if not crops:
