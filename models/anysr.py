@@ -40,8 +40,8 @@ class AnySR(GalerkinSR):
     RESET_TO_FULL = 0.6  # Algorithm 1: probability of training the full net instead of the group's
     # Ours: share of steps that train a narrow subnet at whatever scale the batch has. Algorithm 1
     # trains w0.5 only at ×1.1–1.7, yet the knob offers any width at any scale on request (the
-    # controller's cheapest tier under load), where it had never been trained. 0.15 until
-    # runs/anysr13b, where batch 8 improved w1 but w0.5 lost up to 0.03 dB at ×2–×3.
+    # controller's cheapest tier under load), where it had never been trained. At 0.15, batch-8
+    # runs improved w1 at w0.5's expense (models/README.md, training history).
     ANY_WIDTH_SHARE = 0.3
 
     def __init__(self, **kw: Any) -> None:
