@@ -16,11 +16,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import safe_open
 from safetensors.torch import load_file
 
 from models import registry
 from models.checkpoint import CHECKPOINT_DIR, export_weights, read_manifest, write_manifest
+from models.lineage import training_record
 
 COST_SCALES = (2.0, 3.0, 4.0)
 COST_LR_SIDE = 128
@@ -28,39 +28,6 @@ COST_LR_SIDE = 128
 
 def _key(scale: float) -> str:
     return f"{scale:g}"
-
-
-def run_metadata(run: Path) -> dict[str, Any]:
-    with safe_open(str(run / "model.safetensors"), "pt") as f:
-        return json.loads((f.metadata() or {}).get("train", "{}"))
-
-
-def training_record(run: Path) -> dict[str, Any]:
-    """How the run was trained, following its --init chain back to the shared trunk."""
-    meta = run_metadata(run)
-    record = {
-        "steps": meta.get("step"),
-        "minutes": round(meta.get("elapsed_s", 0) / 60, 1),
-        "hardware": meta.get("device"),
-        "data": meta.get("data"),
-        "images": meta.get("images"),
-        "config": meta.get("config"),
-        "richest_tier_only": meta.get("richest_only", False),
-    }
-    if meta.get("code"):
-        record["code"] = meta["code"]
-    if meta.get("init"):
-        record["initialised_from"] = init_record(Path(meta["init"]))
-    return record
-
-
-def init_record(weights: Path) -> dict[str, Any]:
-    """The lineage of the weights a run started from: a training run's folder, or a shipped
-    checkpoint whose manifest (beside it) already holds its chain, since run folders do not last."""
-    manifest = weights.with_suffix(".json")
-    if not (weights.parent / "model.safetensors").is_file() and manifest.is_file():
-        return json.loads(manifest.read_text())["training"]
-    return training_record(weights.parent)
 
 
 def export_run(method: str, run: Path, out: Path) -> dict[str, Any]:

@@ -28,6 +28,7 @@ from tqdm import tqdm
 from models import registry
 from models.allocator import retain_freed_memory
 from models.images import list_images, open_rgb, to_tensor
+from models.lineage import init_record
 from models.sampling import PatchSampler
 
 DEFAULT_DATA = ("../shared/datasets/train",)
@@ -174,9 +175,11 @@ def main(argv: list[str] | None = None) -> int:
     sampler = PatchSampler(images, cfg.patch, cfg.queries, cfg.batch, seed=args.seed)
     knob_rng = random.Random(args.seed + 1)
     step, elapsed, fresh_steps = 0, 0.0, 0
+    lineage = None  # the init weights' training chain, taken now: the init path may change later
     if args.resume and (out / "model.safetensors").is_file():
         meta, had_optim = load_state(out, model, optimizer, device)
         step, elapsed = int(meta.get("step", 0)), float(meta.get("elapsed_s", 0.0))
+        lineage = meta.get("init_training")
         fresh_steps = cfg.warmup_steps if had_optim else 0
         if "sampler" in meta:
             sampler.set_state(meta["sampler"])
@@ -184,6 +187,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"resumed {args.method} at step {step} ({elapsed / 60:.1f} min trained, optimiser {had_optim})")
     elif args.init:
         copied = init_from(model, Path(args.init))
+        lineage = init_record(Path(args.init))
         print(f"initialised {copied} tensors of {args.method} from {args.init}")
 
     def meta() -> dict:
@@ -197,6 +201,7 @@ def main(argv: list[str] | None = None) -> int:
             "images": len(images),
             "sampler": sampler.state(),
             "init": args.init,
+            "init_training": lineage,
             "richest_only": args.richest_only,
             "code": code,
         }

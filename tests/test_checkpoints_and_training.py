@@ -11,7 +11,7 @@ import torch
 from PIL import Image
 from safetensors import safe_open
 
-from models import export, registry, train
+from models import lineage, registry, train
 from models.checkpoint import CheckpointError, export_weights, load_model, write_manifest
 from models.quality import crop_for_scale, psnr_y, y_channel
 
@@ -92,7 +92,9 @@ def test_training_runs_saves_and_resumes(tmp_path) -> None:
 
 def test_run_from_a_shipped_checkpoint_keeps_its_lineage(tmp_path) -> None:
     """Run folders do not outlive a session: a run started from a shipped checkpoint takes the
-    earlier chain from that checkpoint's manifest, so the new manifest still says how it was made."""
+    earlier chain from that checkpoint's manifest, so the new manifest still says how it was made.
+    The chain is taken when the run starts: shipping another run at the init path before this one
+    is exported (or resumed) must not make that run its parent."""
     data = _image_folder(tmp_path / "imgs")
     shipped = tmp_path / "shipped"
     shipped.mkdir()
@@ -104,6 +106,13 @@ def test_run_from_a_shipped_checkpoint_keeps_its_lineage(tmp_path) -> None:
     args = ["--method", "clit", "--data", str(data), "--out", str(out), "--threads", "2"]
     args += ["--batch", "2", "--patch", "12", "--queries", "64", "--steps", "1"]
     assert train.main([*args, "--init", str(shipped / "clit.safetensors")]) == 0
-    record = export.training_record(out)
+    record = lineage.training_record(out)
     assert record["steps"] == 1
+    assert record["initialised_from"] == earlier
+
+    descendant = manifest | {"training": {"steps": 99, "initialised_from": earlier}}
+    (shipped / "clit.json").write_text(json.dumps(descendant))
+    assert train.main([*args[:-1], "2", "--init", str(shipped / "clit.safetensors"), "--resume"]) == 0
+    record = lineage.training_record(out)
+    assert record["steps"] == 2
     assert record["initialised_from"] == earlier

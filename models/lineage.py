@@ -1,0 +1,54 @@
+"""How a set of weights was trained: a training run's record, following its --init chain back.
+
+A run's safetensors metadata holds its own settings; the chain before it is taken once, when the
+run starts from `--init` weights, and stored with the run (`init_training`). Read later instead,
+from whatever sits at the init path then, a chain goes wrong as soon as that path changes: a run
+started from the shipped checkpoint and exported after its own descendant was shipped there
+would list that descendant as its parent.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from safetensors import safe_open
+
+
+def run_metadata(run: Path) -> dict[str, Any]:
+    with safe_open(str(run / "model.safetensors"), "pt") as f:
+        return json.loads((f.metadata() or {}).get("train", "{}"))
+
+
+def training_record(run: Path) -> dict[str, Any]:
+    """How the run was trained, following its --init chain back to the shared trunk."""
+    meta = run_metadata(run)
+    record = {
+        "steps": meta.get("step"),
+        "minutes": round(meta.get("elapsed_s", 0) / 60, 1),
+        "hardware": meta.get("device"),
+        "data": meta.get("data"),
+        "images": meta.get("images"),
+        "config": meta.get("config"),
+        "richest_tier_only": meta.get("richest_only", False),
+    }
+    if meta.get("code"):
+        record["code"] = meta["code"]
+    if meta.get("init_training"):
+        record["initialised_from"] = meta["init_training"]
+    elif meta.get("init"):  # runs started before the chain was stored with them
+        record["initialised_from"] = init_record(Path(meta["init"]))
+    return record
+
+
+def init_record(weights: Path) -> dict[str, Any] | None:
+    """The lineage of the weights a run starts from: a training run's folder, or a shipped
+    checkpoint whose manifest (beside it) holds its chain, since run folders do not last.
+    None when neither says anything (weights from elsewhere)."""
+    manifest = weights.with_suffix(".json")
+    if (weights.parent / "model.safetensors").is_file():
+        return training_record(weights.parent)
+    if manifest.is_file():
+        return json.loads(manifest.read_text()).get("training")
+    return None
