@@ -46,9 +46,9 @@ def init_record(weights: Path) -> dict[str, Any] | None:
     """The lineage of the weights a run starts from: a training run's folder, or a shipped
     checkpoint whose manifest (beside it) holds its chain, since run folders do not last.
     None when neither says anything (weights from elsewhere)."""
-    manifest = weights.with_suffix(".json")
     if (weights.parent / "model.safetensors").is_file():
         return training_record(weights.parent)
+    manifest = weights.with_suffix(".json")
     if manifest.is_file():
         return json.loads(manifest.read_text()).get("training")
     return None

@@ -28,7 +28,7 @@ from tqdm import tqdm
 from models import registry
 from models.allocator import retain_freed_memory
 from models.images import list_images, open_rgb, to_tensor
-from models.lineage import init_record
+from models.lineage import init_record, run_metadata
 from models.sampling import PatchSampler
 
 DEFAULT_DATA = ("../shared/datasets/train",)
@@ -101,10 +101,7 @@ def save_state(out: Path, model, optimizer, meta: dict) -> None:
 
 def load_state(out: Path, model, optimizer, device) -> tuple[dict, bool]:
     """Restore weights (any float dtype) and, when present, Adam's second moments."""
-    from safetensors import safe_open
-
-    with safe_open(str(out / "model.safetensors"), "pt") as f:
-        meta = json.loads((f.metadata() or {}).get("train", "{}"))
+    meta = run_metadata(out)
     model.load_state_dict({k: v.float() for k, v in load_file(str(out / "model.safetensors")).items()})
     optim_file = out / "optim.safetensors"
     if not optim_file.is_file():
