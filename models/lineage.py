@@ -33,6 +33,8 @@ def training_record(run: Path) -> dict[str, Any]:
         "config": meta.get("config"),
         "richest_tier_only": meta.get("richest_only", False),
     }
+    if "seed" in meta:
+        record["seed"] = meta["seed"]
     if meta.get("code"):
         record["code"] = meta["code"]
     if meta.get("init_training"):
@@ -52,3 +54,11 @@ def init_record(weights: Path) -> dict[str, Any] | None:
     if manifest.is_file():
         return json.loads(manifest.read_text()).get("training")
     return None
+
+
+def chain_length(record: dict[str, Any] | None) -> int:
+    """How many training runs a lineage record holds (0 for None: weights from nowhere known)."""
+    count = 0
+    while record:
+        count, record = count + 1, record.get("initialised_from")
+    return count

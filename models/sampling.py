@@ -45,11 +45,14 @@ class PatchSampler:
         self.gen.manual_seed(seed)
 
     def state(self) -> dict:
-        return {"rng": self.rng.getstate()}
+        """Both generators (crops and query pixels), as JSON-friendly lists."""
+        return {"rng": self.rng.getstate(), "gen": self.gen.get_state().tolist()}
 
     def set_state(self, state: dict) -> None:
         rng = state["rng"]
         self.rng.setstate((rng[0], tuple(rng[1]), rng[2]))
+        if "gen" in state:  # runs saved before it was kept restart their query draws
+            self.gen.set_state(torch.tensor(state["gen"], dtype=torch.uint8))
 
     def sample(self) -> Batch:
         rng, p = self.rng, self.patch

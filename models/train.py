@@ -28,7 +28,7 @@ from tqdm import tqdm
 from models import registry
 from models.allocator import retain_freed_memory
 from models.images import list_images, open_rgb, to_tensor
-from models.lineage import init_record, run_metadata
+from models.lineage import chain_length, init_record, run_metadata
 from models.sampling import PatchSampler
 
 DEFAULT_DATA = ("../shared/datasets/train",)
@@ -99,23 +99,21 @@ def save_state(out: Path, model, optimizer, meta: dict) -> None:
         tmp.replace(out / fname)
 
 
-def load_state(out: Path, model, optimizer, device) -> tuple[dict, bool]:
-    """Restore weights (any float dtype) and, when present, Adam's second moments."""
-    meta = run_metadata(out)
+def load_state(out: Path, model, optimizer, device, step: int) -> bool:
+    """Restore weights (any float dtype) and, when present, Adam's second moments (True)."""
     model.load_state_dict({k: v.float() for k, v in load_file(str(out / "model.safetensors")).items()})
     optim_file = out / "optim.safetensors"
     if not optim_file.is_file():
-        return meta, False
+        return False
     moments = load_file(str(optim_file))
-    step = float(meta.get("step", 0))
     for name, p in model.named_parameters():
         if name in moments:
             optimizer.state[p] = {
-                "step": torch.tensor(step),
+                "step": torch.tensor(float(step)),
                 "exp_avg": torch.zeros_like(p),
                 "exp_avg_sq": moments[name].to(device, torch.float32),
             }
-    return meta, True
+    return True
 
 
 def init_from(model: torch.nn.Module, path: Path) -> int:
@@ -125,6 +123,18 @@ def init_from(model: torch.nn.Module, path: Path) -> int:
     matched = {k: v.float() for k, v in source.items() if k in own and own[k].shape == v.shape}
     model.load_state_dict(matched, strict=False)
     return len(matched)
+
+
+def run_seed(given: int | None, saved: dict, lineage: dict | None) -> int:
+    """The seed of a run: as given, as saved by the run being resumed (0 for runs saved before
+    seeds were kept), else the length of the --init chain. Every run of a chain then draws new
+    crops, scales and knobs; with one fixed seed each run would see its parent's samples again.
+    """
+    if given is not None:
+        return given
+    if saved:
+        return int(saved.get("seed", 0))
+    return chain_length(lineage)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -148,7 +158,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--steps", type=int, default=None, help="planned total steps (the schedule's length)")
     ap.add_argument("--save-every", type=float, default=3.0, help="minutes between checkpoints")
     ap.add_argument("--log-every", type=int, default=200)
-    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument(
+        "--seed",
+        type=int,
+        default=None,
+        help="crops, scales and knobs; default: the number of runs in the --init chain (0 fresh)",
+    )
     ap.add_argument("--threads", type=int, default=None)
     args = ap.parse_args(argv)
 
@@ -165,27 +180,29 @@ def main(argv: list[str] | None = None) -> int:
             setattr(cfg, "total_steps" if field == "steps" else field, value)
     out = Path(args.out or f"runs/{args.method}")
 
-    torch.manual_seed(args.seed)
+    resuming = args.resume and (out / "model.safetensors").is_file()
+    saved = run_metadata(out) if resuming else {}
+    # The init weights' training chain, taken when the run starts: the init path may change later.
+    lineage = init_record(Path(args.init)) if args.init and not resuming else saved.get("init_training")
+    seed = run_seed(args.seed, saved, lineage)
+    torch.manual_seed(seed)
     model = registry.build(args.method).to(device).train()
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
     images = load_images(args.data, device)
-    sampler = PatchSampler(images, cfg.patch, cfg.queries, cfg.batch, seed=args.seed)
-    knob_rng = random.Random(args.seed + 1)
+    sampler = PatchSampler(images, cfg.patch, cfg.queries, cfg.batch, seed=seed)
+    knob_rng = random.Random(seed + 1)
     step, elapsed, fresh_steps = 0, 0.0, 0
-    lineage = None  # the init weights' training chain, taken now: the init path may change later
-    if args.resume and (out / "model.safetensors").is_file():
-        meta, had_optim = load_state(out, model, optimizer, device)
-        step, elapsed = int(meta.get("step", 0)), float(meta.get("elapsed_s", 0.0))
-        lineage = meta.get("init_training")
+    if resuming:
+        step, elapsed = int(saved.get("step", 0)), float(saved.get("elapsed_s", 0.0))
+        had_optim = load_state(out, model, optimizer, device, step)
         fresh_steps = cfg.warmup_steps if had_optim else 0
-        if "sampler" in meta:
-            sampler.set_state(meta["sampler"])
-            knob_rng.seed(args.seed + 1 + step)
+        if "sampler" in saved:
+            sampler.set_state(saved["sampler"])
+            knob_rng.seed(seed + 1 + step)
         print(f"resumed {args.method} at step {step} ({elapsed / 60:.1f} min trained, optimiser {had_optim})")
     elif args.init:
         copied = init_from(model, Path(args.init))
-        lineage = init_record(Path(args.init))
-        print(f"initialised {copied} tensors of {args.method} from {args.init}")
+        print(f"initialised {copied} tensors of {args.method} from {args.init} (seed {seed})")
 
     def meta() -> dict:
         return {
@@ -199,6 +216,7 @@ def main(argv: list[str] | None = None) -> int:
             "sampler": sampler.state(),
             "init": args.init,
             "init_training": lineage,
+            "seed": seed,
             "richest_only": args.richest_only,
             "code": code,
         }

@@ -14,6 +14,7 @@ from safetensors import safe_open
 from models import lineage, registry, train
 from models.checkpoint import CheckpointError, export_weights, load_model, write_manifest
 from models.quality import crop_for_scale, psnr_y, y_channel
+from models.sampling import PatchSampler
 
 
 def _export(tmp_path, name="anysr"):
@@ -116,3 +117,35 @@ def test_run_from_a_shipped_checkpoint_keeps_its_lineage(tmp_path) -> None:
     record = lineage.training_record(out)
     assert record["steps"] == 2
     assert record["initialised_from"] == earlier
+
+
+def test_each_run_of_a_chain_draws_new_samples(tmp_path) -> None:
+    """A run started from another run's weights takes the next seed by default (so it sees new
+    crops, not its parent's again), keeps it when resumed and records it; --seed overrides."""
+    data = _image_folder(tmp_path / "imgs")
+    args = ["--method", "clit", "--data", str(data), "--threads", "2"]
+    args += ["--batch", "2", "--patch", "12", "--queries", "64", "--steps", "1"]
+    assert train.main([*args, "--out", str(tmp_path / "a")]) == 0
+    init = ["--init", str(tmp_path / "a" / "model.safetensors")]
+    assert train.main([*args, "--out", str(tmp_path / "b"), *init]) == 0
+    assert lineage.run_metadata(tmp_path / "a")["seed"] == 0
+    assert lineage.training_record(tmp_path / "b")["seed"] == 1
+    assert lineage.chain_length(lineage.training_record(tmp_path / "b")) == 2
+    assert train.main([*args[:-1], "2", "--out", str(tmp_path / "b"), "--resume"]) == 0
+    assert lineage.run_metadata(tmp_path / "b")["seed"] == 1
+    assert train.main([*args, "--out", str(tmp_path / "c"), "--seed", "7"]) == 0
+    assert lineage.run_metadata(tmp_path / "c")["seed"] == 7
+
+
+def test_sampler_state_resumes_both_crops_and_query_pixels() -> None:
+    images = [torch.randint(0, 256, (3, 40, 50), dtype=torch.uint8) for _ in range(2)]
+    first = PatchSampler(images, patch=8, queries=16, batch=2, seed=3)
+    first.sample()
+    state = json.loads(json.dumps(first.state()))  # as it travels in the run's metadata
+    expected = first.sample()
+    resumed = PatchSampler(images, patch=8, queries=16, batch=2, seed=3)
+    resumed.set_state(state)
+    again = resumed.sample()
+    assert torch.equal(again.lr, expected.lr) and torch.equal(again.coord, expected.coord)
+    other = PatchSampler(images, patch=8, queries=16, batch=2, seed=4).sample()
+    assert not torch.equal(other.coord, PatchSampler(images, 8, 16, 2, seed=3).sample().coord)
