@@ -93,9 +93,14 @@ def save_state(out: Path, model, optimizer, meta: dict) -> None:
         st = optimizer.state.get(p)
         if st and "exp_avg_sq" in st:
             moments[name] = st["exp_avg_sq"].detach().to("cpu", torch.bfloat16).contiguous()
-    for fname, tensors in (("model.safetensors", weights), ("optim.safetensors", moments)):
+    # The run's metadata (sampler state included) goes with the weights only: nothing reads a copy.
+    train_meta = {"train": json.dumps(meta)}
+    for fname, tensors, metadata in (
+        ("model.safetensors", weights, train_meta),
+        ("optim.safetensors", moments, None),
+    ):
         tmp = out / (fname + ".tmp")
-        save_file(tensors, str(tmp), metadata={"train": json.dumps(meta)})
+        save_file(tensors, str(tmp), metadata=metadata)
         tmp.replace(out / fname)
 
 
