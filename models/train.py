@@ -158,6 +158,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--batch", type=int, default=None, help="override the preset's batch size")
     ap.add_argument("--patch", type=int, default=None, help="override the preset's LR patch size")
     ap.add_argument("--queries", type=int, default=None, help="override the preset's queries per patch")
+    ap.add_argument("--lr", type=float, default=None, help="override the preset's peak learning rate")
     ap.add_argument("--device", default=None)
     ap.add_argument("--minutes", type=float, default=None, help="stop after this many minutes of this run")
     ap.add_argument("--steps", type=int, default=None, help="planned total steps (the schedule's length)")
@@ -179,7 +180,7 @@ def main(argv: list[str] | None = None) -> int:
     torch.backends.cuda.matmul.allow_tf32 = True
     torch.backends.cudnn.allow_tf32 = True
     cfg = Config.preset(args.preset or ("gpu" if device.type == "cuda" else "cpu"))
-    for field in ("steps", "batch", "patch", "queries"):
+    for field in ("steps", "batch", "patch", "queries", "lr"):
         value = getattr(args, field)
         if value:
             setattr(cfg, "total_steps" if field == "steps" else field, value)
