@@ -37,6 +37,8 @@ def training_record(run: Path) -> dict[str, Any]:
         record["seed"] = meta["seed"]
     if meta.get("code"):
         record["code"] = meta["code"]
+    if meta.get("averaged"):
+        record["averaged_from"] = meta["averaged"]
     if meta.get("init_training"):
         record["initialised_from"] = meta["init_training"]
     elif meta.get("init"):  # runs started before the chain was stored with them
@@ -57,8 +59,9 @@ def init_record(weights: Path) -> dict[str, Any] | None:
 
 
 def chain_length(record: dict[str, Any] | None) -> int:
-    """How many training runs a lineage record holds (0 for None: weights from nowhere known)."""
-    count = 0
-    while record:
-        count, record = count + 1, record.get("initialised_from")
-    return count
+    """How many runs lead to these weights along the longest path (0 for None: weights from
+    nowhere known); an average counts as one step after the longest of the runs it averages."""
+    if not record:
+        return 0
+    parents = record.get("averaged_from") or [record.get("initialised_from")]
+    return 1 + max(chain_length(parent) for parent in parents)

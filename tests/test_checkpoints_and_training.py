@@ -10,8 +10,9 @@ import pytest
 import torch
 from PIL import Image
 from safetensors import safe_open
+from safetensors.torch import load_file
 
-from models import lineage, registry, train
+from models import average, lineage, registry, train
 from models.checkpoint import CheckpointError, export_weights, load_model, write_manifest
 from models.quality import crop_for_scale, psnr_y, y_channel
 from models.sampling import PatchSampler
@@ -135,6 +136,54 @@ def test_each_run_of_a_chain_draws_new_samples(tmp_path) -> None:
     assert lineage.run_metadata(tmp_path / "b")["seed"] == 1
     assert train.main([*args, "--out", str(tmp_path / "c"), "--seed", "7"]) == 0
     assert lineage.run_metadata(tmp_path / "c")["seed"] == 7
+
+
+def test_average_of_runs_is_a_run_with_both_parents(tmp_path) -> None:
+    """models.average writes the tensor-wise mean as a run folder whose lineage names every
+    averaged run; a run continued from it counts the longer chain, and runs of another method
+    or shape are refused."""
+    data = _image_folder(tmp_path / "imgs")
+    args = ["--method", "clit", "--data", str(data), "--threads", "2"]
+    args += ["--batch", "2", "--patch", "12", "--queries", "64", "--steps", "1"]
+    assert train.main([*args, "--out", str(tmp_path / "a")]) == 0
+    assert (
+        train.main([*args, "--out", str(tmp_path / "b"), "--init", str(tmp_path / "a" / "model.safetensors")])
+        == 0
+    )
+    assert train.main([*args, "--out", str(tmp_path / "c"), "--seed", "3"]) == 0
+    runs = [tmp_path / "b", tmp_path / "c"]
+    assert average.main(["--method", "clit", "--runs", *map(str, runs), "--out", str(tmp_path / "soup")]) == 0
+
+    soup = load_file(str(tmp_path / "soup" / "model.safetensors"))
+    b, c = (load_file(str(run / "model.safetensors")) for run in runs)
+    assert soup.keys() == b.keys()
+    assert all(torch.allclose(soup[k], (b[k] + c[k]) / 2) for k in soup)
+    assert any(not torch.equal(soup[k], b[k]) for k in soup)
+    record = lineage.training_record(tmp_path / "soup")
+    assert [parent["seed"] for parent in record["averaged_from"]] == [1, 3]
+    assert lineage.chain_length(record) == 3  # a → b → soup
+
+    init = ["--init", str(tmp_path / "soup" / "model.safetensors")]
+    assert train.main([*args, "--out", str(tmp_path / "d"), *init]) == 0
+    assert lineage.training_record(tmp_path / "d")["seed"] == 3
+    assert lineage.training_record(tmp_path / "d")["initialised_from"] == record
+
+    other = ["--method", "anysr", "--data", str(data), "--threads", "2", "--batch", "2", "--patch", "12"]
+    assert train.main([*other, "--queries", "64", "--steps", "1", "--out", str(tmp_path / "e")]) == 0
+    with pytest.raises(SystemExit):
+        average.main(
+            [
+                "--method",
+                "clit",
+                "--runs",
+                str(tmp_path / "b"),
+                str(tmp_path / "e"),
+                "--out",
+                str(tmp_path / "x"),
+            ]
+        )
+    with pytest.raises(ValueError, match="same tensors"):
+        average.average_weights([tmp_path / "b", tmp_path / "e"])
 
 
 def test_sampler_state_resumes_both_crops_and_query_pixels() -> None:
