@@ -3,7 +3,11 @@ taken against the matmul timed beside it (checked by recomputing it from the rec
 
 import json
 
-from models import bench
+import numpy as np
+import pytest
+from PIL import Image
+
+from models import bench, budget_frontier
 
 
 def test_bench_writes_every_tier_with_side_by_side_peak(tmp_path) -> None:
@@ -21,3 +25,30 @@ def test_bench_writes_every_tier_with_side_by_side_peak(tmp_path) -> None:
     shapes = [(g["rows"], g["k"], g["n"]) for g in result["bare_gemms"]]
     assert shapes == [(4096, 16, 16), (4096, 64, 64), (64, 4, 32)]
     assert all(g["fraction_of_matmul"] > 0 for g in result["bare_gemms"])
+
+
+def test_budget_frontier_reports_quality_and_latency_against_the_full_model(tmp_path) -> None:
+    """Every budget gets a PSNR, its distance to the full model and a latency ratio timed in the
+    same run; MACs follow the budget; budgets outside [0, 1] are refused."""
+    folder = tmp_path / "hr"
+    folder.mkdir()
+    rng = np.random.default_rng(1)
+    for i in range(2):
+        Image.fromarray(rng.integers(0, 256, (24, 20, 3), dtype=np.uint8)).save(folder / f"{i}.png")
+    out = tmp_path / "frontier.json"
+    args = ["--budgets", "1,0,0.3", "--data", str(folder), "--scales", "2,3", "--repeats", "1"]
+    assert budget_frontier.main([*args, "--size", "12", "--threads", "1", "--json", str(out)]) == 0
+    records = json.loads(out.read_text())
+    assert [(r["tier"], r["scale"]) for r in records] == [
+        (t, s) for s in (2.0, 3.0) for t in ("b0", "b30", "full")
+    ]
+    for r in records:
+        assert r["images"] == 2 and r["latency_ms"] > 0 and r["psnr_y"] > 0
+        if r["tier"] == "full":
+            assert r["latency_vs_richest"] == 1.0 and r["db_below_richest"] == 0.0
+    for scale in (2.0, 3.0):
+        macs = [r["macs"] for r in records if r["scale"] == scale]
+        assert macs == sorted(macs) and macs[0] < macs[-1]
+    with pytest.raises(SystemExit) as refused:
+        budget_frontier.main(["--budgets", "1.5", "--data", str(folder)])
+    assert refused.value.code == 2
