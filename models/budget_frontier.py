@@ -96,10 +96,10 @@ def main(argv: list[str] | None = None) -> int:
     retain_freed_memory()
     if args.threads:
         torch.set_num_threads(args.threads)
-    torch.set_grad_enabled(False)
     model = load_for_eval("moeisr", args.weights, torch.device("cpu"), args.checkpoint_dir)
     scales = [float(s) for s in args.scales.split(",")]
-    records = frontier(model, budgets, args.data, scales, args.limit, args.repeats, args.size)
+    with torch.no_grad():  # not set_grad_enabled: main also runs inside other processes (tests)
+        records = frontier(model, budgets, args.data, scales, args.limit, args.repeats, args.size)
     header = ("budget", "set", "scale", "PSNR-Y", "dB below", "ms", "latency")
     print("\n{:>7s} {:8s} {:>5s} {:>7s} {:>8s} {:>8s} {:>7s}".format(*header))
     for r in records:
