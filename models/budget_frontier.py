@@ -13,16 +13,14 @@ hits all alike, each reported as a ratio to the largest budget timed in the same
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
-from pathlib import Path
 from typing import Any
 
 import torch
 
 from models.allocator import retain_freed_memory
 from models.bench import time_call
-from models.evaluate import evaluate, load_for_eval
+from models.evaluate import evaluate, load_for_eval, write_records
 from models.images import synthetic_photo
 from models.tiers import Tier
 
@@ -108,8 +106,7 @@ def main(argv: list[str] | None = None) -> int:
             f"{r['db_below_richest']:8.3f} {r['latency_ms']:8.1f} {r['latency_vs_richest']:7.3f}"
         )
     if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(records, indent=1) + "\n")
+        write_records(args.json, records)
     return 0
 
 

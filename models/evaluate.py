@@ -72,6 +72,11 @@ def evaluate(model, folders: list[str], scales: list[float], tiers, limit: int |
     return records
 
 
+def write_records(path: str, records: list[dict]) -> None:
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    Path(path).write_text(json.dumps(records, indent=1) + "\n")
+
+
 def print_row(r: dict) -> None:
     print(
         f"{r['method']:8s} {r['tier']:8s} {r['dataset']:8s} x{r['scale']:<5g} n={r['images']:<4d} "
@@ -106,8 +111,7 @@ def main(argv: list[str] | None = None) -> int:
     scales = [float(s) for s in args.scales.split(",")]
     records = evaluate(model, args.data, scales, tiers, args.limit, device)
     if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(records, indent=1) + "\n")
+        write_records(args.json, records)
     return 0
 
 
