@@ -19,8 +19,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from models import registry
-from models.lineage import run_metadata, training_record
-from models.train import code_version
+from models.lineage import code_version, run_metadata, training_record
 
 
 def average_weights(runs: list[Path]) -> dict[str, torch.Tensor]:
@@ -40,13 +39,14 @@ def average_weights(runs: list[Path]) -> dict[str, torch.Tensor]:
 def write_average(method: str, runs: list[Path], out: Path) -> Path:
     if len(runs) < 2:
         raise ValueError("averaging needs at least two runs")
+    records = [training_record(run) for run in runs]
     for run in runs:
         found = run_metadata(run).get("method")
         if found != method:
             raise ValueError(f"{run} is a {found!r} run, not {method!r}")
     weights = average_weights(runs)
     registry.build(method).load_state_dict(weights)  # refuses tensors the method does not have
-    first = run_metadata(runs[0])
+    first = records[0]
     meta = {
         "method": method,
         "step": 0,
@@ -54,7 +54,7 @@ def write_average(method: str, runs: list[Path], out: Path) -> Path:
         "device": "cpu",
         "data": first.get("data"),
         "images": first.get("images"),
-        "averaged": [training_record(run) for run in runs],
+        "averaged": records,
         "code": code_version(),
     }
     out.mkdir(parents=True, exist_ok=True)

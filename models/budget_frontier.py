@@ -26,10 +26,10 @@ from models.tiers import Tier
 
 
 def budget_tiers(model, budgets: list[float]) -> list[Tier]:
-    """One ad hoc tier per budget, cheapest first, named like the shipped ones (b25 = 0.25)."""
+    """One ad hoc tier per distinct budget, cheapest first, named like the shipped ones (b25 = 0.25)."""
     ordered = sorted(set(budgets))
     return [
-        Tier(f"b{round(b * 100)}" if b < 1 else "full", i, b, f"budget={b:g}", model.params_used(b))
+        Tier(f"b{b * 100:g}" if b < 1 else "full", i, b, f"budget={b:g}", model.params_used(b))
         for i, b in enumerate(ordered)
     ]
 
@@ -62,11 +62,11 @@ def frontier(
     tiers = budget_tiers(model, budgets)
     records = evaluate(model, folders, scales, tiers, limit, torch.device("cpu"))
     seconds = latency(model, tiers, scales, repeats, side)
-    richest = tiers[-1].name
+    richest, budget = tiers[-1].name, {t.name: t.knob for t in tiers}
     best = {(r["dataset"], r["scale"]): r["psnr_y"] for r in records if r["tier"] == richest}
     for r in records:
         key = (r["tier"], r["scale"])
-        r["budget"] = tiers[[t.name for t in tiers].index(r["tier"])].knob
+        r["budget"] = budget[r["tier"]]
         r["db_below_richest"] = round(best[(r["dataset"], r["scale"])] - r["psnr_y"], 4)
         r["latency_ms"] = round(seconds[key] * 1e3, 1)
         r["latency_vs_richest"] = round(seconds[key] / seconds[(richest, r["scale"])], 3)

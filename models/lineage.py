@@ -10,10 +10,27 @@ would list that descendant as its parent.
 from __future__ import annotations
 
 import json
+import subprocess
 from pathlib import Path
 from typing import Any
 
 from safetensors import safe_open
+
+
+def code_version() -> str | None:
+    """The commit the run's code came from ("+dirty" with local edits), so that a manifest says
+    which knob-sampling rules trained it; None outside a git checkout."""
+    here = str(Path(__file__).resolve().parent)
+
+    def git(*args: str) -> str:
+        return subprocess.run(["git", "-C", here, *args], capture_output=True, text=True, check=True).stdout
+
+    try:
+        git("ls-files", "--error-unmatch", Path(__file__).name)  # this file is the checkout's, not a copy
+        commit, dirty = git("rev-parse", "--short", "HEAD").strip(), git("status", "--porcelain", "--", ".")
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    return commit + ("+dirty" if dirty.strip() else "")
 
 
 def run_metadata(run: Path) -> dict[str, Any]:

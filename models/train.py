@@ -14,7 +14,6 @@ import json
 import math
 import random
 import signal
-import subprocess
 import sys
 import time
 from dataclasses import asdict, dataclass
@@ -28,7 +27,7 @@ from tqdm import tqdm
 from models import registry
 from models.allocator import retain_freed_memory
 from models.images import list_images, open_rgb, to_tensor
-from models.lineage import chain_length, init_record, run_metadata
+from models.lineage import chain_length, code_version, init_record, run_metadata
 from models.sampling import PatchSampler
 
 DEFAULT_DATA = ("../shared/datasets/train",)
@@ -60,22 +59,6 @@ def learning_rate(cfg: Config, step: int, fresh_steps: int) -> float:
     cosine = 0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * progress))
     warmup = max(1, min(cfg.warmup_steps, cfg.total_steps // 10))
     return cfg.lr * cosine * min(1.0, (fresh_steps + 1) / warmup)
-
-
-def code_version() -> str | None:
-    """The commit the run's code came from ("+dirty" with local edits), so that a manifest says
-    which knob-sampling rules trained it; None outside a git checkout."""
-    here = str(Path(__file__).resolve().parent)
-
-    def git(*args: str) -> str:
-        return subprocess.run(["git", "-C", here, *args], capture_output=True, text=True, check=True).stdout
-
-    try:
-        git("ls-files", "--error-unmatch", Path(__file__).name)  # this file is the checkout's, not a copy
-        commit, dirty = git("rev-parse", "--short", "HEAD").strip(), git("status", "--porcelain", "--", ".")
-    except (OSError, subprocess.CalledProcessError):
-        return None
-    return commit + ("+dirty" if dirty.strip() else "")
 
 
 def load_images(folders: list[str], device: torch.device) -> list[torch.Tensor]:
