@@ -30,10 +30,15 @@ def load_for_eval(method: str, weights: str | None, device: torch.device, checkp
     return model.to(device).eval()
 
 
-def evaluate(model, folders: list[str], scales: list[float], tiers, limit: int | None, device) -> list[dict]:
+def evaluate(
+    model, folders: list[str], scales: list[float], tiers, limit: int | None, device, skip: int = 0
+) -> list[dict]:
+    """Records per (folder, scale, tier) over the folder's images `skip` … `skip + limit`."""
     records = []
     for folder in folders:
-        paths = list_images(folder)[:limit]
+        paths = list_images(folder)[skip:][:limit]
+        if not paths:
+            raise ValueError(f"no images to evaluate in {folder} (skip {skip}, limit {limit})")
         hrs = [open_rgb(p) for p in paths]
         for scale in scales:
             pairs = []
@@ -62,6 +67,7 @@ def evaluate(model, folders: list[str], scales: list[float], tiers, limit: int |
                         "dataset": Path(folder).name,
                         "scale": scale,
                         "images": len(pairs),
+                        "first_image": skip,
                         "psnr_y": round(total / len(pairs), 4),
                         "bicubic_psnr_y": round(bicubic, 4),
                         "seconds": round(seconds, 4),
@@ -94,7 +100,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--data", nargs="+", required=True, help="folders of HR images")
     ap.add_argument("--scales", default="2,3,4")
     ap.add_argument("--json", default=None, help="write the records here")
-    ap.add_argument("--limit", type=int, default=None, help="first N images of each folder")
+    ap.add_argument("--limit", type=int, default=None, help="at most N images of each folder (after --skip)")
+    ap.add_argument(
+        "--skip",
+        type=int,
+        default=0,
+        help="leave out each folder's first N images (a shard; models.combine_evals joins shards)",
+    )
     ap.add_argument(
         "--weights", default=None, help="a training run's model.safetensors instead of the shipped one"
     )
@@ -109,7 +121,7 @@ def main(argv: list[str] | None = None) -> int:
     model = load_for_eval(args.method, args.weights, device, args.checkpoint_dir)
     tiers = model.tiers() if args.tiers == "all" else [model.tier(t) for t in args.tiers.split(",")]
     scales = [float(s) for s in args.scales.split(",")]
-    records = evaluate(model, args.data, scales, tiers, args.limit, device)
+    records = evaluate(model, args.data, scales, tiers, args.limit, device, args.skip)
     if args.json:
         write_records(args.json, records)
     return 0

@@ -12,7 +12,7 @@ from PIL import Image
 from safetensors import safe_open
 from safetensors.torch import load_file
 
-from models import average, lineage, registry, train
+from models import average, combine_evals, evaluate, lineage, registry, train
 from models.checkpoint import CheckpointError, export_weights, load_model, write_manifest
 from models.quality import crop_for_scale, psnr_y, y_channel
 from models.sampling import PatchSampler
@@ -198,3 +198,33 @@ def test_sampler_state_resumes_both_crops_and_query_pixels() -> None:
     assert torch.equal(again.lr, expected.lr) and torch.equal(again.coord, expected.coord)
     other = PatchSampler(images, patch=8, queries=16, batch=2, seed=4).sample()
     assert not torch.equal(other.coord, PatchSampler(images, 8, 16, 2, seed=3).sample().coord)
+
+
+def test_evaluation_shards_combine_to_the_whole_folder(tmp_path) -> None:
+    """Images 0–1 and 2–4 evaluated apart and combined give the whole folder's record; pieces
+    that overlap or leave a gap are refused rather than averaged."""
+    data = str(_image_folder(tmp_path / "imgs", n=5, size=(24, 28)))
+    model = registry.build("ssrno").eval()
+    tiers = model.tiers()[:1]
+
+    def run(limit=None, skip=0):
+        return evaluate.evaluate(model, [data], [2.0], tiers, limit, torch.device("cpu"), skip)
+
+    whole, head, tail = run(), run(limit=2), run(skip=2)
+    assert (head[0]["images"], tail[0]["images"], tail[0]["first_image"]) == (2, 3, 2)
+    assert head[0]["psnr_y"] != tail[0]["psnr_y"]  # the pieces differ: the weighting matters
+    (joined,) = combine_evals.combine(tail + head)
+    assert joined["images"] == 5 and joined["first_image"] == 0
+    for key in ("psnr_y", "bicubic_psnr_y"):
+        assert joined[key] == pytest.approx(whole[0][key], abs=1e-4)
+    assert joined["macs"] == pytest.approx(whole[0]["macs"], rel=1e-6)
+    with pytest.raises(ValueError, match="starts at image 2, not 3"):
+        combine_evals.combine(run(limit=3) + tail)
+    with pytest.raises(ValueError, match="starts at image 3, not 2"):
+        combine_evals.combine(head + run(skip=3))
+    out = tmp_path / "joined.json"
+    parts = [tmp_path / "head.json", tmp_path / "tail.json"]
+    evaluate.write_records(str(parts[0]), head)
+    evaluate.write_records(str(parts[1]), tail)
+    assert combine_evals.main([*map(str, parts), "--json", str(out)]) == 0
+    assert json.loads(out.read_text()) == [joined]
