@@ -62,10 +62,17 @@ def export_run(method: str, run: Path, out: Path) -> dict[str, Any]:
 
 
 def merge_eval(manifest: dict[str, Any], records: list[dict[str, Any]]) -> None:
+    """PSNR per tier, set and scale. A manifest's set is its first N images (`eval_images`), so
+    a piece that starts later (`models.evaluate --skip`) must be joined first."""
     tiers = {t["name"]: t for t in manifest["tiers"]}
     for r in records:
         if r["method"] != manifest["method"] or r["tier"] not in tiers:
             continue
+        if r.get("first_image", 0):
+            raise ValueError(
+                f"{r['dataset']} x{r['scale']:g} starts at image {r['first_image']}: "
+                "join its pieces with models.combine_evals first"
+            )
         scale = _key(r["scale"])
         tiers[r["tier"]]["psnr_y"].setdefault(r["dataset"], {})[scale] = r["psnr_y"]
         tiers[r["tier"]].setdefault("eval_images", {}).setdefault(r["dataset"], {})[scale] = r["images"]

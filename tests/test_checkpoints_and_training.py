@@ -12,7 +12,7 @@ from PIL import Image
 from safetensors import safe_open
 from safetensors.torch import load_file
 
-from models import average, combine_evals, evaluate, lineage, registry, train
+from models import average, combine_evals, evaluate, export, lineage, registry, train
 from models.checkpoint import CheckpointError, export_weights, load_model, write_manifest
 from models.quality import crop_for_scale, psnr_y, y_channel
 from models.sampling import PatchSampler
@@ -228,3 +228,8 @@ def test_evaluation_shards_combine_to_the_whole_folder(tmp_path) -> None:
     evaluate.write_records(str(parts[1]), tail)
     assert combine_evals.main([*map(str, parts), "--json", str(out)]) == 0
     assert json.loads(out.read_text()) == [joined]
+    manifest = {"method": "ssrno", "tiers": [{"name": tiers[0].name, "psnr_y": {}}], "bicubic_psnr_y": {}}
+    with pytest.raises(ValueError, match="starts at image 2"):
+        export.merge_eval(manifest, tail)  # a piece alone is not the set
+    export.merge_eval(manifest, [joined])
+    assert manifest["tiers"][0]["eval_images"] == {"imgs": {"2": 5}}
