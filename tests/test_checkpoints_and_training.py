@@ -233,3 +233,28 @@ def test_evaluation_shards_combine_to_the_whole_folder(tmp_path) -> None:
         export.merge_eval(manifest, tail)  # a piece alone is not the set
     export.merge_eval(manifest, [joined])
     assert manifest["tiers"][0]["eval_images"] == {"imgs": {"2": 5}}
+
+
+def test_evaluate_reads_any_folder_of_png_and_jpeg_rgb_or_greyscale(tmp_path) -> None:
+    folder = tmp_path / "hr"
+    (folder / "sub").mkdir(parents=True)
+    rng = np.random.default_rng(2)
+    smooth = rng.normal(size=(5, 4, 3))
+    rgb = Image.fromarray(((smooth - smooth.min()) / np.ptp(smooth) * 255).astype(np.uint8))
+    rgb = rgb.resize((26, 31), Image.BICUBIC)
+    rgb.save(folder / "a.png")
+    rgb.save(folder / "b.JPG", quality=95)
+    rgb.convert("L").save(folder / "sub" / "c.png")
+    rgb.convert("L").save(folder / "d.jpeg")
+    (folder / "notes.txt").write_text("not an image")
+    out = tmp_path / "eval.json"
+    args = ["--method", "ssrno", "--tiers", "XS", "--data", str(folder), "--scales", "2,3"]
+    assert evaluate.main([*args, "--threads", "1", "--json", str(out)]) == 0
+    records = json.loads(out.read_text())
+    assert [(r["tier"], r["scale"], r["images"], r["dataset"]) for r in records] == [
+        ("XS", 2.0, 4, "hr"),
+        ("XS", 3.0, 4, "hr"),
+    ]
+    for r in records:
+        assert r["method"] == "ssrno" and r["seconds"] > 0 and r["macs"] > 0
+        assert 10 < r["psnr_y"] < 100 and 10 < r["bicubic_psnr_y"] < 100
