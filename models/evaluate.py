@@ -121,7 +121,10 @@ def main(argv: list[str] | None = None) -> int:
     model = load_for_eval(args.method, args.weights, device, args.checkpoint_dir)
     tiers = model.tiers() if args.tiers == "all" else [model.tier(t) for t in args.tiers.split(",")]
     scales = [float(s) for s in args.scales.split(",")]
-    records = evaluate(model, args.data, scales, tiers, args.limit, device, args.skip)
+    try:
+        records = evaluate(model, args.data, scales, tiers, args.limit, device, args.skip)
+    except ValueError as err:  # --skip past a folder's end
+        ap.error(str(err))
     if args.json:
         write_records(args.json, records)
     return 0

@@ -109,7 +109,10 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_grad_enabled(False)
     manifest = export_run(args.method, Path(args.run), out) if args.run else read_manifest(args.method, out)
     for path in args.eval:
-        merge_eval(manifest, json.loads(Path(path).read_text()))
+        try:
+            merge_eval(manifest, json.loads(Path(path).read_text()))
+        except ValueError as err:  # a piece of a set, not the set
+            ap.error(f"{path}: {err}")
     if args.bench:
         merge_bench(manifest, json.loads(Path(args.bench).read_text()))
     print(f"wrote {write_manifest(manifest, out)}")
