@@ -1,4 +1,4 @@
-"""CLIT: cascaded local implicit transformer — the quality reference, best at large scales.
+"""CLIT: cascaded local implicit transformer; the paper's pick for large scales (ours: models/README).
 
 Each stage attends from a query to the g×g grid of latent codes around it (local attention with a
 positional bias), concatenates the attention-weighted values and decodes them with an MLP.
