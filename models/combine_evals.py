@@ -15,9 +15,13 @@ import json
 from collections import defaultdict
 from pathlib import Path
 
-from models.evaluate import print_row, write_records
+from models.evaluate import first_image, print_row, write_records
 
 CELL = ("method", "tier", "dataset", "scale")
+
+
+def _weighted_mean(parts: list[dict], key: str) -> float:
+    return sum(r[key] * r["images"] for r in parts) / sum(r["images"] for r in parts)
 
 
 def combine(records: list[dict]) -> list[dict]:
@@ -27,27 +31,20 @@ def combine(records: list[dict]) -> list[dict]:
         pieces[tuple(r[k] for k in CELL)].append(r)
     combined = []
     for cell, parts in pieces.items():
-        # Records written before shards existed all started at the folder's first image.
-        parts = sorted(parts, key=lambda r: r.get("first_image", 0))
-        start = parts[0].get("first_image", 0)
+        parts = sorted(parts, key=first_image)
         for before, after in itertools.pairwise(parts):
-            expected, got = before.get("first_image", 0) + before["images"], after.get("first_image", 0)
-            if got != expected:
-                raise ValueError(f"{cell}: a piece starts at image {got}, not {expected}")
-        n = sum(r["images"] for r in parts)
-
-        def mean(key: str, parts=parts, n=n) -> float:
-            return sum(r[key] * r["images"] for r in parts) / n
-
+            expected = first_image(before) + before["images"]
+            if first_image(after) != expected:
+                raise ValueError(f"{cell}: a piece starts at image {first_image(after)}, not {expected}")
         combined.append(
             {
                 **dict(zip(CELL, cell, strict=True)),
-                "images": n,
-                "first_image": start,
-                "psnr_y": round(mean("psnr_y"), 4),
-                "bicubic_psnr_y": round(mean("bicubic_psnr_y"), 4),
+                "images": sum(r["images"] for r in parts),
+                "first_image": first_image(parts[0]),
+                "psnr_y": round(_weighted_mean(parts, "psnr_y"), 4),
+                "bicubic_psnr_y": round(_weighted_mean(parts, "bicubic_psnr_y"), 4),
                 "seconds": round(sum(r["seconds"] for r in parts), 4),
-                "macs": round(mean("macs")),
+                "macs": round(_weighted_mean(parts, "macs")),
             }
         )
     return combined

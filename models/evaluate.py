@@ -30,16 +30,26 @@ def load_for_eval(method: str, weights: str | None, device: torch.device, checkp
     return model.to(device).eval()
 
 
+def select_images(folder: str, skip: int = 0, limit: int | None = None) -> list[Path]:
+    """The folder's images `skip` … `skip + limit` (sorted); an empty selection is an error."""
+    paths = list_images(folder)[skip:][:limit]
+    if not paths:
+        raise ValueError(f"no images to evaluate in {folder} (skip {skip}, limit {limit})")
+    return paths
+
+
+def first_image(record: dict) -> int:
+    """Where a record's images start in its folder (records from before --skip start at 0)."""
+    return record.get("first_image", 0)
+
+
 def evaluate(
     model, folders: list[str], scales: list[float], tiers, limit: int | None, device, skip: int = 0
 ) -> list[dict]:
     """Records per (folder, scale, tier) over the folder's images `skip` … `skip + limit`."""
     records = []
     for folder in folders:
-        paths = list_images(folder)[skip:][:limit]
-        if not paths:
-            raise ValueError(f"no images to evaluate in {folder} (skip {skip}, limit {limit})")
-        hrs = [open_rgb(p) for p in paths]
+        hrs = [open_rgb(p) for p in select_images(folder, skip, limit)]
         for scale in scales:
             pairs = []
             for hr in hrs:
@@ -114,6 +124,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--device", default=None)
     ap.add_argument("--threads", type=int, default=None)
     args = ap.parse_args(argv)
+    for folder in args.data:  # before loading a model: --skip past a folder's end is a usage error
+        try:
+            select_images(folder, args.skip, args.limit)
+        except ValueError as err:
+            ap.error(str(err))
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     retain_freed_memory()
     if args.threads:
@@ -121,10 +136,7 @@ def main(argv: list[str] | None = None) -> int:
     model = load_for_eval(args.method, args.weights, device, args.checkpoint_dir)
     tiers = model.tiers() if args.tiers == "all" else [model.tier(t) for t in args.tiers.split(",")]
     scales = [float(s) for s in args.scales.split(",")]
-    try:
-        records = evaluate(model, args.data, scales, tiers, args.limit, device, args.skip)
-    except ValueError as err:  # --skip past a folder's end
-        ap.error(str(err))
+    records = evaluate(model, args.data, scales, tiers, args.limit, device, args.skip)
     if args.json:
         write_records(args.json, records)
     return 0

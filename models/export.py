@@ -20,6 +20,7 @@ from safetensors.torch import load_file
 
 from models import registry
 from models.checkpoint import CHECKPOINT_DIR, export_weights, read_manifest, write_manifest
+from models.evaluate import first_image
 from models.lineage import training_record
 
 COST_SCALES = (2.0, 3.0, 4.0)
@@ -68,9 +69,9 @@ def merge_eval(manifest: dict[str, Any], records: list[dict[str, Any]]) -> None:
     for r in records:
         if r["method"] != manifest["method"] or r["tier"] not in tiers:
             continue
-        if r.get("first_image", 0):
+        if first_image(r):
             raise ValueError(
-                f"{r['dataset']} x{r['scale']:g} starts at image {r['first_image']}: "
+                f"{r['dataset']} x{r['scale']:g} starts at image {first_image(r)}: "
                 "join its pieces with models.combine_evals first"
             )
         scale = _key(r["scale"])
