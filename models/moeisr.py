@@ -36,13 +36,11 @@ from models.implicit import (
     relative_cell,
 )
 from models.mlp import MLP
+from models.pair_kernel import decode_pairs
 from models.registry import register
 from models.tiers import Tier
 
 BALANCE_WEIGHT = 1 / 3000  # the paper's β/α
-# (query, neighbour) pairs per tile of an expert's layers at inference: its 256-wide hidden
-# activations (4 MiB) stay in cache from one layer to the next.
-PAIR_TILE = 4096
 BISECTION_STEPS = 24  # λ to 2^-24 of its range: far finer than any two experts' logit gap
 
 
@@ -211,7 +209,8 @@ class MoEISR(ScalableSR):
         An expert's first layer is linear in [feature, offset, cell] and the feature belongs to
         the LR pixel, so its product is taken once per LR pixel of the queries' band, with that
         pixel's expert, and gathered per pair (LIIF's trick): per pair only the 4 offset/cell
-        columns and the deeper layers remain. The routing and its costs are unchanged.
+        columns and the deeper layers remain (`models.pair_kernel.decode_pairs`). The routing and
+        its costs are unchanged.
         """
         assert state.pick is not None
         b, q = coord.shape[:2]
@@ -236,13 +235,12 @@ class MoEISR(ScalableSR):
         pick = band_pick.index_select(0, rows)
         y = pos.new_empty(pos.shape[0], 3)
         for j, pairs in expert_groups(pick, len(first)):
-            expert, pos_weight = self.experts[j], first[j].weight[:, c:].t()
-            n = pos.shape[0] if pairs is None else pairs.shape[0]
-            for s in range(0, n, PAIR_TILE):  # a tile's hidden activations stay in cache
-                at = slice(s, s + PAIR_TILE) if pairs is None else pairs[s : s + PAIR_TILE]
-                # The gathered rows are the output buffer: the offset/cell product adds into them.
-                hidden = table.index_select(0, rows[at]).addmm_(pos[at], pos_weight)
-                y[at] = expert.after_first(hidden)
+            at_rows, at_pos = (rows, pos) if pairs is None else (rows[pairs], pos[pairs])
+            out = decode_pairs(self.experts[j], table, at_rows, at_pos, first[j].weight[:, c:])
+            if pairs is None:
+                y = out
+            else:
+                y[pairs] = out
         weights = torch.cat([n.weight for n in neighbours], 1)
         return (y.view(b, 4 * q, 3) * weights).reshape(b, 4, q, 3).sum(1)
 

@@ -1,0 +1,94 @@
+"""models.pair_kernel: the fused CPU loop gives what the torch ops it stands in for give, and steps
+aside wherever someone must see those ops (autograd, dispatch modes, other shapes)."""
+
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+import torch
+from model_support import counting
+from torch.utils.flop_counter import FlopCounterMode
+
+from models import registry
+from models.mlp import MLP
+from models.pair_kernel import MIN_PAIRS_PER_THREAD, decode_pairs, fusable
+
+FEATURES, HIDDEN = 64, 256
+
+
+def problem(n: int, seed: int, pixels: int = 300, depth: int = 2, pos_cols: int = 4):
+    """A decoder and n random pairs over a table of `pixels` rows."""
+    torch.manual_seed(seed)
+    decoder = MLP(FEATURES + pos_cols, HIDDEN, 3, depth).eval()
+    table = torch.randn(pixels, HIDDEN)
+    rows = torch.randint(0, pixels, (n,))
+    pos = torch.randn(n, pos_cols)
+    return decoder, table, rows, pos, decoder.net[0].weight[:, FEATURES:]
+
+
+def reference(decoder: MLP, table, rows, pos, pos_weight) -> torch.Tensor:
+    """The plain formulation: every layer after the first, on the gathered first-layer rows."""
+    hidden = table[rows] + pos @ pos_weight.t()
+    for layer in list(decoder.net)[1:]:
+        hidden = layer(hidden)
+    return hidden
+
+
+@pytest.fixture
+def two_threads():
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.mark.parametrize("n", [1, 777, 3 * MIN_PAIRS_PER_THREAD + 5])
+@torch.no_grad()
+def test_fused_loop_equals_the_torch_ops(n, two_threads) -> None:
+    decoder, table, rows, pos, pos_weight = problem(n, seed=n)
+    assert fusable(decoder, table, pos)
+    got = decode_pairs(decoder, table, rows, pos, pos_weight)
+    assert got.shape == (n, 3)
+    torch.testing.assert_close(got, reference(decoder, table, rows, pos, pos_weight), atol=1e-5, rtol=1e-5)
+
+
+@torch.no_grad()
+def test_concurrent_calls_each_get_their_own_result(two_threads) -> None:
+    problems = [problem(2 * MIN_PAIRS_PER_THREAD + i, seed=i) for i in range(6)]
+    with ThreadPoolExecutor(6) as pool:
+        results = list(pool.map(lambda p: decode_pairs(*p), problems))
+    for p, got in zip(problems, results, strict=True):
+        torch.testing.assert_close(got, reference(*p), atol=1e-5, rtol=1e-5)
+
+
+def test_torch_ops_run_where_they_must_be_seen() -> None:
+    decoder, table, rows, pos, pos_weight = problem(100, seed=1)
+    with torch.no_grad():
+        assert fusable(decoder, table, pos)
+        with counting() as counter:  # a dispatch mode must see every product
+            assert not fusable(decoder, table, pos)
+            decode_pairs(decoder, table, rows, pos, pos_weight)
+        assert counter.get_total_flops() == 2 * 100 * (4 * HIDDEN + HIDDEN * 3)
+        assert not fusable(decoder, table.double(), pos.double())
+        deeper, table3, _, pos3, _ = problem(100, seed=1, depth=3)
+        assert not fusable(deeper, table3, pos3)  # its wide products run well as torch ops
+        narrow, table2, _, pos2, _ = problem(100, seed=1, pos_cols=2)
+        assert not fusable(narrow, table2, pos2)
+    assert not fusable(decoder, table, pos)  # autograd on: the parameters require grad
+    got = decode_pairs(decoder, table, rows, pos, pos_weight)
+    got.sum().backward()
+    assert decoder.net[2].weight.grad is not None
+    torch.testing.assert_close(got.detach(), reference(decoder, table, rows, pos, pos_weight).detach())
+
+
+@torch.no_grad()
+def test_moeisr_tiers_decode_alike_fused_and_as_torch_ops(lr_image) -> None:
+    """Whole-model check: the FLOP counter's dispatch mode sends every pair through the torch ops."""
+    torch.manual_seed(3)
+    model = registry.build("moeisr").eval()
+    for tier in model.tiers():
+        fused = model.upscale(lr_image, (45, 61), tier)
+        with FlopCounterMode(display=False):
+            plain = model.upscale(lr_image, (45, 61), tier)
+        torch.testing.assert_close(fused, plain, atol=1e-5, rtol=1e-5)
