@@ -104,9 +104,14 @@ class ScalableSR(nn.Module):
         return budget
 
     def render(self, lr: torch.Tensor, size: tuple[int, int], knob: Any, chunk: int) -> torch.Tensor:
-        """Decode every output pixel in chunks of `chunk` queries (`chunk_queries` of the budget;
-        exact for decoders with independent queries)."""
-        state = self.encode(lr, knob, size)
+        """The output image (B, 3, H, W), normalised, of `lr` (normalised): encode, then decode."""
+        return self.decode_image(self.encode(lr, knob, size), lr, size, knob, chunk)
+
+    def decode_image(
+        self, state: Any, lr: torch.Tensor, size: tuple[int, int], knob: Any, chunk: int
+    ) -> torch.Tensor:
+        """Decode every output pixel of `encode`'s state in chunks of `chunk` queries
+        (`chunk_queries` of the budget; exact for decoders with independent queries)."""
         b, total = lr.shape[0], size[0] * size[1]
         out = torch.empty(b, total, 3, device=lr.device)
         for start in range(0, total, chunk):

@@ -11,10 +11,13 @@ The MAC/px column is each tier's count (`macs`; for MoEISR the cap its budget se
 divide the MACs the timed call actually did (`macs_done`; for MoEISR those of the experts its
 mapper picked on the bench's input), so that no rate is inflated by work that was not done.
 
-The decoder's fraction of the matmul peak is taken per timing, against short matmuls timed
-right before and after it, then the median over repeats: on a shared host the speed drifts
-within a run, and a peak measured only between rounds does not see the conditions under which
-a tier was timed.
+The decoder is timed on its own: `decode_image` on the state that the timed `encode` just made,
+every chunk, the residual and the output included (bench 24 and earlier took the whole call's
+time less the encoder's, a difference of two timings: nine such differences for MoEISR b0 ×2
+at 128² ranged over 13.7–22.6 ms, a decoder of about 15 ms). Its fraction of the matmul peak
+is taken per timing, against short matmuls timed right before and after it, then the median
+over repeats: on a shared host the speed drifts within a run, and a peak measured only between
+rounds does not see the conditions under which a tier was timed.
 
 `--gemm-widths` also times bare (rows × d) @ (d × d) products at the widths given, rows being the
 Galerkin decoders' query tile: the rate a decoder made only of d-wide products could reach at best,
@@ -31,12 +34,14 @@ import platform
 import statistics
 import time
 from pathlib import Path
+from typing import Any
 
 import torch
 
 from models import registry
 from models.allocator import retain_freed_memory
 from models.base import model_range
+from models.defaults import DEFAULT_MAX_QUERIES
 from models.galerkin import QUERY_TILE
 from models.images import synthetic_photo
 
@@ -70,10 +75,11 @@ def parse_shapes(widths: str, shapes: str) -> list[tuple[int, int, int]]:
 
 
 @torch.no_grad()
-def time_call(fn) -> float:
+def timed(fn) -> tuple[float, Any]:
+    """Seconds that fn() took, and what it returned."""
     t0 = time.perf_counter()
-    fn()
-    return time.perf_counter() - t0
+    result = fn()
+    return time.perf_counter() - t0, result
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -113,6 +119,7 @@ def main(argv: list[str] | None = None) -> int:
     configs = [(name, tier, s) for name, m in models.items() for tier in m.tiers() for s in scales]
     totals: dict[tuple, list[float]] = {(*c[:1], c[1].name, c[2]): [] for c in configs}
     encodes: dict[tuple, list[float]] = {k: [] for k in totals}
+    decodes: dict[tuple, list[float]] = {k: [] for k in totals}
     beside: dict[tuple, list[float]] = {k: [] for k in totals}  # matmul GFLOP/s around each timing
     peaks = [matmul_gflops()]
     shapes = parse_shapes(args.gemm_widths, args.gemm_shapes)
@@ -121,13 +128,20 @@ def main(argv: list[str] | None = None) -> int:
         for name, tier, s in configs:
             m, out = models[name], (round(side * s), round(side * s))
             x = model_range(lr)
+            chunk = m.chunk_queries(tier.knob, DEFAULT_MAX_QUERIES, out)
             before = matmul_gflops(repeats=5) if rep else 0.0
-            enc = time_call(lambda m=m, x=x, tier=tier, out=out: m.encode(x, tier.knob, out))
-            total = time_call(lambda m=m, tier=tier, out=out: m.upscale(lr, out, tier))
+            enc, state = timed(lambda m=m, x=x, tier=tier, out=out: m.encode(x, tier.knob, out))
+            dec, _ = timed(
+                lambda m=m, x=x, st=state, out=out, k=tier.knob, c=chunk: m.decode_image(st, x, out, k, c)
+            )
+            after = matmul_gflops(repeats=5) if rep else 0.0
+            del state
+            total, _ = timed(lambda m=m, tier=tier, out=out: m.upscale(lr, out, tier))
             if rep:
                 totals[(name, tier.name, s)].append(total)
                 encodes[(name, tier.name, s)].append(enc)
-                beside[(name, tier.name, s)].append((before + matmul_gflops(repeats=5)) / 2)
+                decodes[(name, tier.name, s)].append(dec)
+                beside[(name, tier.name, s)].append((before + after) / 2)
         peaks.append(matmul_gflops())
         for rows_, k, n in shapes if rep else ():
             narrow[(rows_, k, n)].append(matmul_gflops(n, rows=rows_, k=k) / peaks[-1])
@@ -137,12 +151,11 @@ def main(argv: list[str] | None = None) -> int:
     for name, tier, s in configs:
         m, out = models[name], (round(side * s), round(side * s))
         key = (name, tier.name, s)
-        total, enc = statistics.median(totals[key]), statistics.median(encodes[key])
+        total, enc, dec = (statistics.median(t[key]) for t in (totals, encodes, decodes))
         macs = m.macs(tier, (side, side), out)  # the tier's count (MoEISR: its budget's cap)
         done = m.macs_done(lr, out, tier)  # what the timed call did (MoEISR: as routed)
         dec_macs = done - m.macs(tier, (side, side), (0, 0))
-        timings = zip(totals[key], encodes[key], beside[key], strict=True)
-        fractions = [gflops(dec_macs, t - e) / p for t, e, p in timings]
+        fractions = [gflops(dec_macs, d) / p for d, p in zip(decodes[key], beside[key], strict=True)]
         rows.append(
             {
                 "method": name,
@@ -154,9 +167,10 @@ def main(argv: list[str] | None = None) -> int:
                 "macs_per_output_pixel": macs / (out[0] * out[1]),
                 "latency_ms": total * 1000,
                 "encode_ms": enc * 1000,
+                "decode_ms": dec * 1000,
                 "macs_done": done,
                 "gflops": gflops(done, total),
-                "decoder_gflops": gflops(dec_macs, total - enc),
+                "decoder_gflops": gflops(dec_macs, dec),
                 "matmul_gflops_beside": statistics.median(beside[key]),
                 "decoder_fraction_of_matmul": statistics.median(fractions),
             }

@@ -19,7 +19,7 @@ from typing import Any
 import torch
 
 from models.allocator import retain_freed_memory
-from models.bench import time_call
+from models.bench import timed
 from models.evaluate import evaluate, load_for_eval, write_records
 from models.images import synthetic_photo
 from models.tiers import Tier
@@ -45,7 +45,7 @@ def latency(
         model.upscale(lr, out, tiers[-1])  # warm-up
         for _ in range(repeats):
             for tier in tiers:
-                seconds = time_call(lambda tier=tier, out=out: model.upscale(lr, out, tier))
+                seconds, _ = timed(lambda tier=tier, out=out: model.upscale(lr, out, tier))
                 times.setdefault((tier.name, scale), []).append(seconds)
     return {key: statistics.median(values) for key, values in times.items()}
 

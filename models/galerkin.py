@@ -3,7 +3,7 @@
 Shared by SSRNO (widths read off by integral resampling, chosen by ACRE) and AnySR (widths read off
 by slicing, chosen by scale group). Layers act per query pixel except attention, whose Galerkin
 form q·(kᵀv)/N sums over all N output pixels of the image. That sum is global, so chunked
-decoding is made exact by accumulating Σkᵀv over all chunks layer by layer (`render`), never by
+decoding is made exact by accumulating Σkᵀv over all chunks layer by layer (`decode_image`), never by
 normalising per chunk.
 """
 
@@ -298,7 +298,7 @@ class GalerkinDecoder(nn.Module):
     def macs(
         self, widths: DecoderWidths, lr_size: tuple[int, int], out_size: tuple[int, int], chunk: int
     ) -> int:
-        """MACs of decoding one image in chunks of `chunk` queries (`GalerkinSR.render`).
+        """MACs of decoding one image in chunks of `chunk` queries (`GalerkinSR.decode_image`).
 
         Per query: the offset/cell product, each block's k/v, kᵀv, attention map and FFN, the
         head. Per chunk and pass: the lift product over the band of LR rows. Per image: each
@@ -383,12 +383,14 @@ class GalerkinSR(ScalableSR):
 
         A chunk's memory is its lifted queries, trunk-width floats each, so a narrow tier holds
         proportionally more queries in the same bytes. That matters because one chunk needs one
-        pass, where several chunks need blocks+1 (`render`): at 128² → 512² the XS tier runs
+        pass, where several chunks need blocks+1 (`decode_image`): at 128² → 512² the XS tier runs
         about a fifth faster in one chunk of 262,144 queries than in four of 65,536.
         """
         return budget * self.decoder.width // self.decoder_widths(knob).trunk
 
-    def render(self, lr: torch.Tensor, size: tuple[int, int], knob: Any, chunk: int) -> torch.Tensor:
+    def decode_image(
+        self, state: GalerkinState, lr: torch.Tensor, size: tuple[int, int], knob: Any, chunk: int
+    ) -> torch.Tensor:
         """Exact chunked decoding: one pass per attention block accumulates its global Σkᵀv.
 
         With several chunks, later passes recompute earlier layers chunk by chunk instead of
@@ -397,7 +399,6 @@ class GalerkinSR(ScalableSR):
         a chunk the per-query layers run `QUERY_TILE` queries at a time, so that their widest
         activations stay in cache between one layer and the next.
         """
-        state = self.encode(lr, knob, size)
         p, dec = state.weights, self.decoder
         b, total = lr.shape[0], size[0] * size[1]
         out = torch.empty(b, total, 3, device=lr.device)

@@ -61,21 +61,27 @@ class Neighbour:
     weight: torch.Tensor  # (B, Q, 1) bilinear (opposite-area) weight
 
 
+def _axis_neighbour(c: torch.Tensor, step: int, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Along one axis of `n` pixels: the index of the pixel `step` (±1) half-cells from each
+    coordinate, and the coordinate's offset from that pixel's centre (one pixel = 2)."""
+    s = (c + step / n + 1e-6).clamp(-1 + 1e-6, 1 - 1e-6)
+    i = nearest_index(s, n)
+    return i, (c - (-1 + (2 * i.float() + 1) / n)) * n
+
+
 def four_neighbours(coord: torch.Tensor, grid_size: tuple[int, int]) -> list[Neighbour]:
-    """The local ensemble: the 4 grid pixels around each query, with bilinear area weights."""
+    """The local ensemble: the 4 grid pixels around each query, with bilinear area weights.
+
+    Each axis's two neighbours are found once and paired up, rather than once per pair.
+    """
     h, w = grid_size
-    eps = 1e-6
+    rows = [_axis_neighbour(coord[..., 0], dy, h) for dy in (-1, 1)]
+    cols = [_axis_neighbour(coord[..., 1], dx, w) for dx in (-1, 1)]
     picks = []
-    for dy in (-1, 1):
-        for dx in (-1, 1):
-            sy = (coord[..., 0] + dy / h + eps).clamp(-1 + 1e-6, 1 - 1e-6)
-            sx = (coord[..., 1] + dx / w + eps).clamp(-1 + 1e-6, 1 - 1e-6)
-            iy, ix = nearest_index(sy, h), nearest_index(sx, w)
-            cy = -1 + (2 * iy.float() + 1) / h
-            cx = -1 + (2 * ix.float() + 1) / w
-            rel = torch.stack([(coord[..., 0] - cy) * h, (coord[..., 1] - cx) * w], dim=-1)
-            area = (rel[..., 0] * rel[..., 1]).abs() + 1e-9
-            picks.append((iy * w + ix, rel, area))
+    for iy, ry in rows:
+        for ix, rx in cols:
+            area = (ry * rx).abs() + 1e-9
+            picks.append((iy * w + ix, torch.stack([ry, rx], dim=-1), area))
     total = sum(p[2] for p in picks)
     # Each neighbour is weighted by the area of the diagonally opposite one (bilinear weights).
     return [

@@ -36,11 +36,12 @@ from models.implicit import (
     relative_cell,
 )
 from models.mlp import MLP
-from models.pair_kernel import decode_pairs
+from models.pair_kernel import decode_pairs, decode_queries, mix_neighbours
 from models.registry import register
 from models.tiers import Tier
 
 BALANCE_WEIGHT = 1 / 3000  # the paper's β/α
+CELL_COLUMNS = 2  # an expert's input: [feature, offset (2), cell (2)]
 BISECTION_STEPS = 24  # λ to 2^-24 of its range: far finer than any two experts' logit gap
 
 
@@ -208,9 +209,10 @@ class MoEISR(ScalableSR):
 
         An expert's first layer is linear in [feature, offset, cell] and the feature belongs to
         the LR pixel, so its product is taken once per LR pixel of the queries' band, with that
-        pixel's expert, and gathered per pair (LIIF's trick): per pair only the 4 offset/cell
-        columns and the deeper layers remain (`models.pair_kernel.decode_pairs`). The routing and
-        its costs are unchanged.
+        pixel's expert, and gathered per pair (LIIF's trick); the cell columns go into its bias.
+        Per pair only the 2 offset columns and the deeper layers remain (`models.pair_kernel`:
+        `decode_queries` where one expert takes the whole band, as at b0, else `decode_pairs`
+        per expert). The routing and its costs are unchanged.
         """
         assert state.pick is not None
         b, q = coord.shape[:2]
@@ -220,29 +222,40 @@ class MoEISR(ScalableSR):
         band = state.feat[:, :, lo:hi].flatten(2).transpose(1, 2).reshape(-1, c)  # (B·P, C)
         band_pick = state.pick[:, lo * w : hi * w].reshape(-1)
         first = [e.net[0] for e in self.experts]
-        # Each pixel's row holds its expert's feature product and that layer's bias, which every
-        # pair adds exactly once.
+        cell = relative_cell(out_size, (h, w), 1, coord.device)[0]
+
+        def bias(j: int) -> torch.Tensor:
+            """The first layer's bias with the image's cell columns folded in (the cell is the
+            same for every pair; two multiply-adds per hidden unit, like any bias not counted)."""
+            weight = first[j].weight
+            return first[j].bias + weight[:, c + 2] * cell[0] + weight[:, c + 3] * cell[1]
+
+        # Each pixel's row holds its expert's feature product and that bias, which every pair
+        # adds exactly once: per pair only the two offset columns remain of the first layer.
         table = band.new_empty(band.shape[0], first[0].out_features)
-        for j, at in expert_groups(band_pick, len(first)):
+        band_groups = list(expert_groups(band_pick, len(first)))
+        for j, at in band_groups:
             if at is None:  # one expert takes the whole band (low budgets): no copies in and out
-                table = F.linear(band, first[j].weight[:, :c], first[j].bias)
+                table = F.linear(band, first[j].weight[:, :c], bias(j))
             else:
-                table[at] = F.linear(band[at], first[j].weight[:, :c], first[j].bias)
-        offset = (torch.arange(b, device=coord.device) * (hi - lo) * w)[:, None] - lo * w
-        rows = torch.cat([n.index for n in neighbours], 1).add_(offset).flatten()  # (B·4Q) into table
-        cell = relative_cell(out_size, (h, w), b, coord.device)[:, None, :].expand(-1, q, -1)
-        pos = torch.cat([torch.cat([n.rel, cell], -1) for n in neighbours], 1).reshape(-1, 4)
-        pick = band_pick.index_select(0, rows)
-        y = pos.new_empty(pos.shape[0], 3)
-        for j, pairs in expert_groups(pick, len(first)):
-            at_rows, at_pos = (rows, pos) if pairs is None else (rows[pairs], pos[pairs])
-            out = decode_pairs(self.experts[j], table, at_rows, at_pos, first[j].weight[:, c:])
+                table[at] = F.linear(band[at], first[j].weight[:, :c], bias(j))
+        offset = (torch.arange(b, device=coord.device) * (hi - lo) * w)[:, None, None] - lo * w
+        rows = torch.stack([n.index for n in neighbours], 1).add_(offset)  # (B, 4, Q) into table
+        rel = torch.stack([n.rel for n in neighbours], 1)  # (B, 4, Q, 2)
+        weight = torch.stack([n.weight.squeeze(-1) for n in neighbours], 1)  # (B, 4, Q)
+        if len(band_groups) == 1:  # every pair's pixel lies in the band: one expert takes them all
+            j = band_groups[0][0]
+            return decode_queries(self.experts[j], table, rows, rel, weight, first[j].weight[:, c : c + 2])
+        rows, rel = rows.view(-1), rel.view(-1, 2)
+        y = rel.new_empty(rel.shape[0], 3)
+        for j, pairs in expert_groups(band_pick[rows], len(first)):
+            at_rows, at_rel = (rows, rel) if pairs is None else (rows[pairs], rel[pairs])
+            out = decode_pairs(self.experts[j], table, at_rows, at_rel, first[j].weight[:, c : c + 2])
             if pairs is None:
                 y = out
             else:
                 y[pairs] = out
-        weights = torch.cat([n.weight for n in neighbours], 1)
-        return (y.view(b, 4 * q, 3) * weights).reshape(b, 4, q, 3).sum(1)
+        return mix_neighbours(y.view(b, 4, q, 3), weight)
 
     def training_loss(self, lr, coord, out_size, knob, target) -> torch.Tensor:
         """L1 plus the paper's load-balance term on the mapper's soft assignment."""
@@ -267,21 +280,28 @@ class MoEISR(ScalableSR):
         """MACs of an expert's first layer on one LR feature (the same for every expert)."""
         return self.encoder.channels * self.experts[0].net[0].out_features
 
+    def pair_macs(self, expert: MLP) -> int:
+        """An expert's MACs per (query, neighbour) pair at inference: its MLP less the first
+        layer's feature columns (once per LR pixel of a band) and cell columns (in its bias)."""
+        return expert.macs_per_query - self.feature_macs() - CELL_COLUMNS * expert.net[0].out_features
+
     def macs(self, tier, lr_size, out_size, max_queries: int = DEFAULT_MAX_QUERIES) -> int:
         """Upper bound at this tier: the budget caps the mean expert cost per (pixel, neighbour).
 
-        Every expert's cost per pair is its MLP less the feature columns of its first layer,
-        which are applied once per LR pixel of each chunk's band (`decode_routed`).
+        Every expert's cost per pair is its `pair_macs`; the feature columns of its first layer
+        are applied once per LR pixel of each chunk's band (`decode_routed`).
         """
         knob = self.tier(tier).knob
         pairs = 4 * out_size[0] * out_size[1]
         band = chunked_band_pixels(out_size, lr_size, max_queries) * self.feature_macs()
         if self.lightest_only(knob):
-            per_pair = self.experts[0].macs_per_query - self.feature_macs()
+            per_pair = self.pair_macs(self.experts[0])
             return self._pixel_macs(mapper=False) * lr_size[0] * lr_size[1] + pairs * per_pair + band
         budget = min(1.0, float(knob))
-        heavy = max(e.macs_per_query for e in self.experts)
-        per_pair = budget * heavy - self.feature_macs()
+        heavy = max(self.experts, key=lambda e: e.macs_per_query)
+        # The budget caps the mean of macs_per_query (the routing's cost); the columns that are
+        # not taken per pair are the same for every expert.
+        per_pair = budget * heavy.macs_per_query - (heavy.macs_per_query - self.pair_macs(heavy))
         return self._pixel_macs() * lr_size[0] * lr_size[1] + int(pairs * per_pair) + band
 
     def routed_macs(
@@ -294,8 +314,7 @@ class MoEISR(ScalableSR):
         ).flatten()
         per_expert = (state.route[0] * usage).sum(1)
         pairs = sum(
-            round(n.item()) * (e.macs_per_query - self.feature_macs())
-            for n, e in zip(per_expert, self.experts, strict=True)
+            round(n.item()) * self.pair_macs(e) for n, e in zip(per_expert, self.experts, strict=True)
         )
         band = chunked_band_pixels(out_size, (h, w), max_queries) * self.feature_macs()
         return self._pixel_macs(mapper=state.logits is not None) * h * w + pairs + band

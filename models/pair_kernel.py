@@ -1,13 +1,15 @@
 """An MLP decoder run on (query, neighbour) pairs whose first layer was taken once per LR pixel.
 
-Per pair the decoder gathers its pixel's row of the first layer's feature product (the `table`),
-adds the product of the few offset/cell columns, and runs the remaining layers. A deep decoder's
-remaining layers are wide matrix products and run well as torch ops, a tile of pairs at a time.
-A two-layer decoder (MoEISR's lightest expert) has none: gather, 4-column product, ReLU and the
-3-wide output product are four passes over a (pairs × hidden) tensor, each bound by memory, which
-kept its tier at 0.13–0.17 of the matmul peak (bench 24). On CPU it therefore runs as one compiled
-loop over pairs (numba) in which the hidden vector never leaves registers: the same products, in
-the same order per pair, at several times the speed.
+Per pair the decoder gathers its pixel's row of the first layer's feature product (the `table`,
+bias included), adds the product of the pair's two offset columns, and runs the remaining
+layers. A deep decoder's remaining layers are wide matrix products and run well as torch ops, a
+tile of pairs at a time. A two-layer decoder (MoEISR's lightest expert) has none: gather, 2-column
+product, ReLU and the 3-wide output product are four passes over a (pairs × hidden) tensor, each
+bound by memory, which kept its tier at 0.13–0.17 of the matmul peak (bench 24). On CPU it
+therefore runs as one compiled loop (numba) in which the hidden vector never leaves registers.
+Where one such decoder takes every pair of a chunk, the loop runs over queries, decodes each
+query's four pairs side by side (each weight loaded once for all four) and mixes them
+(`decode_queries`); otherwise it runs over the pairs it is given (`decode_pairs`).
 
 The torch path stays the reference: it runs on CUDA, with autograd, and under any torch dispatch
 mode (the FLOP counter in the tests, tracers), which must see every product the decoder does.
@@ -18,7 +20,7 @@ from __future__ import annotations
 import os
 from concurrent.futures import ThreadPoolExecutor
 from functools import cache
-from itertools import pairwise
+from itertools import count
 
 import numpy as np
 import torch
@@ -29,28 +31,25 @@ from models.mlp import MLP
 # (query, neighbour) pairs per tile of a deep decoder's layers: its 256-wide hidden activations
 # (4 MiB) stay in cache from one layer to the next.
 PAIR_TILE = 4096
-# Pairs below which splitting the fused loop over threads costs more than it saves.
-MIN_PAIRS_PER_THREAD = 8192
-# The fused loop's fixed shape: 2 offset + 2 cell columns in, RGB out.
-POS_COLUMNS, OUT_CHANNELS = 4, 3
+# Items (pairs or queries) per block of a fused loop handed to a thread (0.1–0.3 ms of work).
+PAIR_BLOCK = 8192
+# The fused loops' fixed shape: 2 offset columns in, RGB out.
+POS_COLUMNS, OUT_CHANNELS = 2, 3
 
 
 @cache
-def _compiled():
-    """The fused loop, compiled on first use (about half a second) rather than at import."""
+def _kernels():
+    """The fused loops, compiled on first use (about a second) rather than at import."""
     from numba import njit
 
-    @njit(nogil=True, fastmath=True, cache=False)
-    def two_layer(table, rows, pos, pos_weight, out_weight, out_bias, out, start, stop):  # pragma: no cover
-        hidden = table.shape[1]
+    @njit(nogil=True, fastmath=True)
+    def pairs(table, rows, pos, pos_weight, out_weight, out_bias, out, start, stop):  # pragma: no cover
         zero = np.float32(0.0)
         for i in range(start, stop):
-            r = rows[i]
-            p0, p1, p2, p3 = pos[i, 0], pos[i, 1], pos[i, 2], pos[i, 3]
+            r, x, y = rows[i], pos[i, 0], pos[i, 1]
             o0, o1, o2 = zero, zero, zero
-            for k in range(hidden):
-                v = table[r, k] + p0 * pos_weight[0, k] + p1 * pos_weight[1, k]
-                v = max(v + p2 * pos_weight[2, k] + p3 * pos_weight[3, k], zero)
+            for k in range(table.shape[1]):
+                v = max(table[r, k] + x * pos_weight[0, k] + y * pos_weight[1, k], zero)
                 o0 += v * out_weight[0, k]
                 o1 += v * out_weight[1, k]
                 o2 += v * out_weight[2, k]
@@ -58,22 +57,53 @@ def _compiled():
             out[i, 1] = o1 + out_bias[1]
             out[i, 2] = o2 + out_bias[2]
 
-    return two_layer
+    @njit(nogil=True, fastmath=True)
+    def queries(
+        table, rows, rel, weight, pos_weight, out_weight, out_bias, out, start, stop
+    ):  # pragma: no cover
+        zero = np.float32(0.0)
+        q = rows.shape[2]
+        for i in range(start, stop):
+            b, j = i // q, i % q
+            r0, r1, r2, r3 = rows[b, 0, j], rows[b, 1, j], rows[b, 2, j], rows[b, 3, j]
+            x0, y0, x1, y1 = rel[b, 0, j, 0], rel[b, 0, j, 1], rel[b, 1, j, 0], rel[b, 1, j, 1]
+            x2, y2, x3, y3 = rel[b, 2, j, 0], rel[b, 2, j, 1], rel[b, 3, j, 0], rel[b, 3, j, 1]
+            s00, s01, s02, s10, s11, s12 = zero, zero, zero, zero, zero, zero
+            s20, s21, s22, s30, s31, s32 = zero, zero, zero, zero, zero, zero
+            for k in range(table.shape[1]):
+                px, py = pos_weight[0, k], pos_weight[1, k]
+                u0, u1, u2 = out_weight[0, k], out_weight[1, k], out_weight[2, k]
+                v = max(table[r0, k] + x0 * px + y0 * py, zero)
+                s00, s01, s02 = s00 + v * u0, s01 + v * u1, s02 + v * u2
+                v = max(table[r1, k] + x1 * px + y1 * py, zero)
+                s10, s11, s12 = s10 + v * u0, s11 + v * u1, s12 + v * u2
+                v = max(table[r2, k] + x2 * px + y2 * py, zero)
+                s20, s21, s22 = s20 + v * u0, s21 + v * u1, s22 + v * u2
+                v = max(table[r3, k] + x3 * px + y3 * py, zero)
+                s30, s31, s32 = s30 + v * u0, s31 + v * u1, s32 + v * u2
+            w0, w1, w2, w3 = weight[b, 0, j], weight[b, 1, j], weight[b, 2, j], weight[b, 3, j]
+            c0, c1, c2 = out_bias[0], out_bias[1], out_bias[2]
+            out[b, j, 0] = w0 * (s00 + c0) + w1 * (s10 + c0) + w2 * (s20 + c0) + w3 * (s30 + c0)
+            out[b, j, 1] = w0 * (s01 + c1) + w1 * (s11 + c1) + w2 * (s21 + c1) + w3 * (s31 + c1)
+            out[b, j, 2] = w0 * (s02 + c2) + w1 * (s12 + c2) + w2 * (s22 + c2) + w3 * (s32 + c2)
+
+    return pairs, queries
 
 
 @cache
 def _pool() -> ThreadPoolExecutor:
-    """Worker threads for the fused loop, which releases the GIL; shared by concurrent requests."""
+    """Worker threads for the fused loops, which release the GIL; shared by concurrent requests."""
     return ThreadPoolExecutor(max_workers=os.cpu_count() or 1, thread_name_prefix="pair-kernel")
 
 
-def fusable(decoder: MLP, table: torch.Tensor, pos: torch.Tensor) -> bool:
-    """Whether the fused loop can stand in for the torch ops without anyone missing them."""
-    tensors = (table, pos, *decoder.parameters())
+def fusable(decoder: MLP, pos_weight: torch.Tensor, *tensors: torch.Tensor) -> bool:
+    """Whether the fused loops can stand in for the torch ops on these inputs without anyone
+    missing them; pos_weight: the first layer's weights (hidden, k) on the offset columns."""
+    tensors = (pos_weight, *tensors, *decoder.parameters())
     return (
         len(decoder.net) == 3  # Linear, ReLU, Linear
         and isinstance(decoder.net[1], torch.nn.ReLU)
-        and pos.shape[1] == POS_COLUMNS
+        and pos_weight.shape[1] == POS_COLUMNS
         and decoder.net[2].out_features == OUT_CHANNELS
         and all(t.device.type == "cpu" and t.dtype == torch.float32 for t in tensors)
         and not (torch.is_grad_enabled() and any(t.requires_grad for t in tensors))
@@ -81,49 +111,75 @@ def fusable(decoder: MLP, table: torch.Tensor, pos: torch.Tensor) -> bool:
     )
 
 
+def mix_neighbours(y: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """Each query's bilinear mix (B, Q, C) of its four pairs' outputs y (B, 4, Q, C), weight (B, 4, Q)."""
+    return (y * weight.unsqueeze(-1)).sum(1)
+
+
 def decode_pairs(
     decoder: MLP, table: torch.Tensor, rows: torch.Tensor, pos: torch.Tensor, pos_weight: torch.Tensor
 ) -> torch.Tensor:
     """`decoder` on each pair (n, out): its first layer is `table[rows] + pos @ pos_weight.T`.
 
-    table: (P, hidden) per-pixel feature product with the first layer's bias; rows: (n,) index into
-    it; pos: (n, k) offset/cell columns; pos_weight: (hidden, k) the first layer's weights on them.
+    table: (P, hidden) per-pixel product of the other columns, with the first layer's bias; rows:
+    (n,) index into it; pos: (n, k) offset columns; pos_weight: (hidden, k) the weights on them.
     """
-    if fusable(decoder, table, pos):
-        return _fused(decoder, table, rows, pos, pos_weight)
+    if fusable(decoder, pos_weight, table, pos):
+        out = np.empty((rows.shape[0], OUT_CHANNELS), np.float32)
+        _run(_kernels()[0], rows.shape[0], (table, rows, pos, pos_weight.t()), decoder, out)
+        return torch.from_numpy(out)
     y = pos.new_empty(pos.shape[0], decoder.net[-1].out_features)
     pos_t = pos_weight.t()
     for s in range(0, pos.shape[0], PAIR_TILE):  # a tile's hidden activations stay in cache
         at = slice(s, s + PAIR_TILE)
-        # The gathered rows are the output buffer: the offset/cell product adds into them.
+        # The gathered rows are the output buffer: the offset product adds into them.
         hidden = table.index_select(0, rows[at]).addmm_(pos[at], pos_t)
         y[at] = decoder.after_first(hidden)
     return y
 
 
-def _fused(
-    decoder: MLP, table: torch.Tensor, rows: torch.Tensor, pos: torch.Tensor, pos_weight: torch.Tensor
+def decode_queries(
+    decoder: MLP,
+    table: torch.Tensor,
+    rows: torch.Tensor,
+    rel: torch.Tensor,
+    weight: torch.Tensor,
+    pos_weight: torch.Tensor,
 ) -> torch.Tensor:
-    """The fused loop over the pairs, split into contiguous runs over torch's thread count."""
-    kernel = _compiled()
+    """Each query's bilinear mix (B, Q, out) of `decoder` on its four pairs, this one decoder
+    taking every pair: `decode_pairs` on rows (B, 4, Q) and offsets rel (B, 4, Q, 2), then
+    `mix_neighbours` with weight (B, 4, Q).
+
+    Fused, nothing per pair is written to memory: at the cheapest tiers the pairs' offsets, their
+    outputs and their mix cost as much time as the decoder itself.
+    """
+    if fusable(decoder, pos_weight, table, rel, weight):
+        b, _, q = rows.shape
+        out = np.empty((b, q, OUT_CHANNELS), np.float32)
+        _run(_kernels()[1], b * q, (table, rows, rel, weight, pos_weight.t()), decoder, out)
+        return torch.from_numpy(out)
+    y = decode_pairs(decoder, table, rows.reshape(-1), rel.reshape(-1, rel.shape[-1]), pos_weight)
+    return mix_neighbours(y.view(*rows.shape, -1), weight)
+
+
+def _run(kernel, n: int, inputs: tuple[torch.Tensor, ...], decoder: MLP, out: np.ndarray) -> None:
+    """`kernel` over items [0, n) in blocks that the calling thread and up to torch's thread
+    count − 1 pool threads take in turn.
+
+    Blocks taken in turn, not one equal share per thread: right after the preceding torch ops,
+    OpenMP's idle workers spin for several milliseconds on the same cores, and a thread that
+    shares its core with one finishes fewer blocks instead of holding up the others.
+    """
     last = decoder.net[2]
-    n = rows.shape[0]
-    out = np.empty((n, OUT_CHANNELS), np.float32)
-    args = (
-        table.detach().contiguous().numpy(),
-        rows.contiguous().numpy(),
-        pos.detach().contiguous().numpy(),
-        pos_weight.detach().t().contiguous().numpy(),
-        last.weight.detach().contiguous().numpy(),
-        last.bias.detach().contiguous().numpy(),
-        out,
-    )
-    parts = max(1, min(torch.get_num_threads(), n // MIN_PAIRS_PER_THREAD))
-    bounds = [n * i // parts for i in range(parts + 1)]
-    if parts == 1:
-        kernel(*args, 0, n)
-    else:
-        runs = [_pool().submit(kernel, *args, a, b) for a, b in pairwise(bounds)]
-        for run in runs:
-            run.result()
-    return torch.from_numpy(out)
+    args = [t.detach().contiguous().numpy() for t in (*inputs, last.weight, last.bias)]
+    blocks = count()  # next() on it is atomic under the GIL: each block goes to one thread
+
+    def take_blocks() -> None:
+        while (start := next(blocks) * PAIR_BLOCK) < n:
+            kernel(*args, out, start, min(n, start + PAIR_BLOCK))
+
+    threads = min(torch.get_num_threads(), -(-n // PAIR_BLOCK))
+    helpers = [_pool().submit(take_blocks) for _ in range(threads - 1)]
+    take_blocks()
+    for helper in helpers:
+        helper.result()

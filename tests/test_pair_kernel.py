@@ -12,12 +12,12 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from models import registry
 from models.mlp import MLP
-from models.pair_kernel import MIN_PAIRS_PER_THREAD, decode_pairs, fusable
+from models.pair_kernel import PAIR_BLOCK, decode_pairs, decode_queries, fusable, mix_neighbours
 
 FEATURES, HIDDEN = 64, 256
 
 
-def problem(n: int, seed: int, pixels: int = 300, depth: int = 2, pos_cols: int = 4):
+def problem(n: int, seed: int, pixels: int = 300, depth: int = 2, pos_cols: int = 2):
     """A decoder and n random pairs over a table of `pixels` rows."""
     torch.manual_seed(seed)
     decoder = MLP(FEATURES + pos_cols, HIDDEN, 3, depth).eval()
@@ -43,19 +43,34 @@ def two_threads():
     torch.set_num_threads(before)
 
 
-@pytest.mark.parametrize("n", [1, 777, 3 * MIN_PAIRS_PER_THREAD + 5])
+@pytest.mark.parametrize("n", [1, 777, 3 * PAIR_BLOCK + 5])
 @torch.no_grad()
 def test_fused_loop_equals_the_torch_ops(n, two_threads) -> None:
     decoder, table, rows, pos, pos_weight = problem(n, seed=n)
-    assert fusable(decoder, table, pos)
+    assert fusable(decoder, pos_weight, table, pos)
     got = decode_pairs(decoder, table, rows, pos, pos_weight)
     assert got.shape == (n, 3)
     torch.testing.assert_close(got, reference(decoder, table, rows, pos, pos_weight), atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.parametrize("batch,queries", [(1, 1), (1, PAIR_BLOCK + 3), (3, 1000)])
+@torch.no_grad()
+def test_fused_query_loop_mixes_four_pairs_like_the_torch_ops(batch, queries, two_threads) -> None:
+    decoder, table, _, _, pos_weight = problem(1, seed=queries)
+    rows = torch.randint(0, table.shape[0], (batch, 4, queries))
+    rel = torch.rand(batch, 4, queries, 2) * 2 - 1
+    weight = torch.rand(batch, 4, queries)
+    got = decode_queries(decoder, table, rows, rel, weight, pos_weight)
+    assert got.shape == (batch, queries, 3)
+    pairs = reference(decoder, table, rows.reshape(-1), rel.reshape(-1, 2), pos_weight)
+    want = (pairs.view(batch, 4, queries, 3) * weight[..., None]).sum(1)
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(mix_neighbours(pairs.view(batch, 4, queries, 3), weight), want)
+
+
 @torch.no_grad()
 def test_concurrent_calls_each_get_their_own_result(two_threads) -> None:
-    problems = [problem(2 * MIN_PAIRS_PER_THREAD + i, seed=i) for i in range(6)]
+    problems = [problem(2 * PAIR_BLOCK + i, seed=i) for i in range(6)]
     with ThreadPoolExecutor(6) as pool:
         results = list(pool.map(lambda p: decode_pairs(*p), problems))
     for p, got in zip(problems, results, strict=True):
@@ -65,17 +80,17 @@ def test_concurrent_calls_each_get_their_own_result(two_threads) -> None:
 def test_torch_ops_run_where_they_must_be_seen() -> None:
     decoder, table, rows, pos, pos_weight = problem(100, seed=1)
     with torch.no_grad():
-        assert fusable(decoder, table, pos)
+        assert fusable(decoder, pos_weight, table, pos)
         with counting() as counter:  # a dispatch mode must see every product
-            assert not fusable(decoder, table, pos)
+            assert not fusable(decoder, pos_weight, table, pos)
             decode_pairs(decoder, table, rows, pos, pos_weight)
-        assert counter.get_total_flops() == 2 * 100 * (4 * HIDDEN + HIDDEN * 3)
-        assert not fusable(decoder, table.double(), pos.double())
-        deeper, table3, _, pos3, _ = problem(100, seed=1, depth=3)
-        assert not fusable(deeper, table3, pos3)  # its wide products run well as torch ops
-        narrow, table2, _, pos2, _ = problem(100, seed=1, pos_cols=2)
-        assert not fusable(narrow, table2, pos2)
-    assert not fusable(decoder, table, pos)  # autograd on: the parameters require grad
+        assert counter.get_total_flops() == 2 * 100 * (2 * HIDDEN + HIDDEN * 3)
+        assert not fusable(decoder, pos_weight, table.double(), pos.double())
+        deeper, table3, _, pos3, weight3 = problem(100, seed=1, depth=3)
+        assert not fusable(deeper, weight3, table3, pos3)  # its wide products run well as torch ops
+        narrow, table2, _, pos2, weight2 = problem(100, seed=1, pos_cols=4)
+        assert not fusable(narrow, weight2, table2, pos2)
+    assert not fusable(decoder, pos_weight, table, pos)  # autograd on: the parameters require grad
     got = decode_pairs(decoder, table, rows, pos, pos_weight)
     got.sum().backward()
     assert decoder.net[2].weight.grad is not None
