@@ -180,7 +180,7 @@ class GalerkinDecoder(nn.Module):
         h, w = feat.shape[-2:]
         d = p["lift.pos"].shape[0]
         neighbours = four_neighbours(coord, (h, w))
-        lo, hi = band_rows(neighbours, w)
+        lo, hi = band_rows([n.index for n in neighbours], w)
         band = feat[:, :, lo:hi].flatten(2).transpose(1, 2)  # (B, P, C)
         table = F.linear(band, p["lift.feat"]).reshape(-1, d)  # row (b, pixel, neighbour slot)
         first = (torch.arange(b, device=coord.device) * (band.shape[1] * 4))[:, None] - lo * w * 4

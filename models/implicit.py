@@ -61,43 +61,55 @@ class Neighbour:
     weight: torch.Tensor  # (B, Q, 1) bilinear (opposite-area) weight
 
 
-def _axis_neighbour(c: torch.Tensor, step: int, n: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Along one axis of `n` pixels: the index of the pixel `step` (±1) half-cells from each
-    coordinate, and the coordinate's offset from that pixel's centre (one pixel = 2)."""
-    s = (c + step / n + 1e-6).clamp(-1 + 1e-6, 1 - 1e-6)
-    i = nearest_index(s, n)
-    return i, (c - (-1 + (2 * i.float() + 1) / n)) * n
+def _axis_neighbours(c: torch.Tensor, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Along one axis of `n` pixels, for coordinates c (B, Q): the indices (B, 2, Q) of the pixels
+    half a cell before and after each, and the coordinate's offsets from their centres (one
+    pixel = 2)."""
+    index, rel = [], []
+    for step in (-1, 1):
+        i = nearest_index((c + step / n + 1e-6).clamp(-1 + 1e-6, 1 - 1e-6), n)
+        index.append(i)
+        rel.append((c - (-1 + (2 * i.float() + 1) / n)) * n)
+    return torch.stack(index, 1), torch.stack(rel, 1)
+
+
+def neighbour_grid(
+    coord: torch.Tensor, grid_size: tuple[int, int]
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The local ensemble, stacked: the 4 grid pixels around each query (B, Q, 2) as flat
+    indices (B, 4, Q), offsets (B, 4, Q, 2) and bilinear area weights (B, 4, Q).
+
+    Each axis's two neighbours are found once and paired up by broadcasting (neighbour 2·i + j
+    pairs row neighbour i with column neighbour j), not once per pair.
+    """
+    h, w = grid_size
+    b, q = coord.shape[:2]
+    iy, ry = _axis_neighbours(coord[..., 0], h)
+    ix, rx = _axis_neighbours(coord[..., 1], w)
+    index = (iy[:, :, None] * w + ix[:, None]).view(b, 4, q)
+    shape = (b, 2, 2, q)
+    rel = torch.stack([ry[:, :, None].expand(shape), rx[:, None].expand(shape)], -1).view(b, 4, q, 2)
+    area = ((ry[:, :, None] * rx[:, None]).abs() + 1e-9).view(b, 4, q)
+    total = area[:, 0] + area[:, 1] + area[:, 2] + area[:, 3]
+    # Each neighbour is weighted by the area of the diagonally opposite one (bilinear weights).
+    return index, rel, area.flip(1) / total[:, None]
 
 
 def four_neighbours(coord: torch.Tensor, grid_size: tuple[int, int]) -> list[Neighbour]:
-    """The local ensemble: the 4 grid pixels around each query, with bilinear area weights.
-
-    Each axis's two neighbours are found once and paired up, rather than once per pair.
-    """
-    h, w = grid_size
-    rows = [_axis_neighbour(coord[..., 0], dy, h) for dy in (-1, 1)]
-    cols = [_axis_neighbour(coord[..., 1], dx, w) for dx in (-1, 1)]
-    picks = []
-    for iy, ry in rows:
-        for ix, rx in cols:
-            area = (ry * rx).abs() + 1e-9
-            picks.append((iy * w + ix, torch.stack([ry, rx], dim=-1), area))
-    total = sum(p[2] for p in picks)
-    # Each neighbour is weighted by the area of the diagonally opposite one (bilinear weights).
-    return [
-        Neighbour(index=picks[i][0], rel=picks[i][1], weight=(picks[3 - i][2] / total).unsqueeze(-1))
-        for i in range(4)
-    ]
+    """The local ensemble: the 4 grid pixels around each query (B, Q, 2), with bilinear area
+    weights (`neighbour_grid` as one `Neighbour` each)."""
+    index, rel, weight = neighbour_grid(coord, grid_size)
+    return [Neighbour(index[:, i], rel[:, i], weight[:, i, :, None]) for i in range(4)]
 
 
-def band_rows(neighbours: list[Neighbour], width: int) -> tuple[int, int]:
-    """Rows [lo, hi) of the grid (of `width` columns) that these queries' neighbours lie in.
+def band_rows(indices: list[torch.Tensor], width: int) -> tuple[int, int]:
+    """Rows [lo, hi) of the grid (of `width` columns) that these flat neighbour indices lie in.
 
     Decoders that apply a per-pixel layer once per grid pixel instead of once per query (the
     LIIF trick) apply it only to this band, so the work and memory follow the chunk of queries.
     """
-    lo = min(int(n.index.min()) for n in neighbours) // width
-    hi = max(int(n.index.max()) for n in neighbours) // width + 1
+    lo = min(int(i.min()) for i in indices) // width
+    hi = max(int(i.max()) for i in indices) // width + 1
     return lo, hi
 
 
@@ -115,9 +127,7 @@ def chunked_band_pixels(out_size: tuple[int, int], grid: tuple[int, int], chunk:
     starts = torch.arange(0, total, chunk)
     lasts = (starts + chunk).clamp(max=total) - 1
     ends = pixel_coords(out_size, torch.cat([starts, lasts]))
-    rows = torch.stack(
-        [torch.div(n.index, grid[1], rounding_mode="floor") for n in four_neighbours(ends, grid)]
-    )
+    rows = torch.div(neighbour_grid(ends[None], grid)[0][0], grid[1], rounding_mode="floor")  # (4, N)
     first, last = rows[:, : len(starts)], rows[:, len(starts) :]
     lo = torch.minimum(first.min(0).values, last.min(0).values)
     hi = torch.maximum(first.max(0).values, last.max(0).values)

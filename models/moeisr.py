@@ -32,6 +32,7 @@ from models.implicit import (
     four_neighbours,
     gather_pixels,
     nearest_index,
+    neighbour_grid,
     pixel_centres,
     relative_cell,
 )
@@ -217,8 +218,8 @@ class MoEISR(ScalableSR):
         assert state.pick is not None
         b, q = coord.shape[:2]
         c, (h, w) = state.feat.shape[1], state.feat.shape[-2:]
-        neighbours = four_neighbours(coord, (h, w))
-        lo, hi = band_rows(neighbours, w)
+        index, rel, weight = neighbour_grid(coord, (h, w))  # (B, 4, Q), (B, 4, Q, 2), (B, 4, Q)
+        lo, hi = band_rows([index], w)
         band = state.feat[:, :, lo:hi].flatten(2).transpose(1, 2).reshape(-1, c)  # (B·P, C)
         band_pick = state.pick[:, lo * w : hi * w].reshape(-1)
         first = [e.net[0] for e in self.experts]
@@ -240,9 +241,7 @@ class MoEISR(ScalableSR):
             else:
                 table[at] = F.linear(band[at], first[j].weight[:, :c], bias(j))
         offset = (torch.arange(b, device=coord.device) * (hi - lo) * w)[:, None, None] - lo * w
-        rows = torch.stack([n.index for n in neighbours], 1).add_(offset)  # (B, 4, Q) into table
-        rel = torch.stack([n.rel for n in neighbours], 1)  # (B, 4, Q, 2)
-        weight = torch.stack([n.weight.squeeze(-1) for n in neighbours], 1)  # (B, 4, Q)
+        rows = index + offset  # (B, 4, Q) into table
         if len(band_groups) == 1:  # every pair's pixel lies in the band: one expert takes them all
             j = band_groups[0][0]
             return decode_queries(self.experts[j], table, rows, rel, weight, first[j].weight[:, c : c + 2])
