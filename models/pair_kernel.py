@@ -39,10 +39,16 @@ POS_COLUMNS, OUT_CHANNELS = 2, 3
 
 @cache
 def _kernels():
-    """The fused loops, compiled on first use (about a second) rather than at import."""
-    from numba import njit
+    """The fused loops, compiled on first use (about a second for both) rather than at import,
+    both at once for the C-contiguous float32/int64 arrays `_run` passes: a service's warm-up
+    compiles them, whichever routing its small image gets, not its first request."""
+    from numba import njit, types
 
-    @njit(nogil=True, fastmath=True)
+    f4, i8 = types.float32, types.int64
+    c1, c2, c3, c4 = (types.Array(f4, n, "C") for n in (1, 2, 3, 4))
+    rows1, rows3 = types.Array(i8, 1, "C"), types.Array(i8, 3, "C")
+
+    @njit(types.void(c2, rows1, c2, c2, c2, c1, c2, i8, i8), nogil=True, fastmath=True)
     def pairs(table, rows, pos, pos_weight, out_weight, out_bias, out, start, stop):  # pragma: no cover
         zero = np.float32(0.0)
         for i in range(start, stop):
@@ -57,7 +63,7 @@ def _kernels():
             out[i, 1] = o1 + out_bias[1]
             out[i, 2] = o2 + out_bias[2]
 
-    @njit(nogil=True, fastmath=True)
+    @njit(types.void(c2, rows3, c4, c3, c2, c2, c1, c3, i8, i8), nogil=True, fastmath=True)
     def queries(
         table, rows, rel, weight, pos_weight, out_weight, out_bias, out, start, stop
     ):  # pragma: no cover
