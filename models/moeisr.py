@@ -228,8 +228,8 @@ class MoEISR(ScalableSR):
         def bias(j: int) -> torch.Tensor:
             """The first layer's bias with the image's cell columns folded in (the cell is the
             same for every pair; two multiply-adds per hidden unit, like any bias not counted)."""
-            weight = first[j].weight
-            return first[j].bias + weight[:, c + 2] * cell[0] + weight[:, c + 3] * cell[1]
+            layer = first[j]
+            return layer.bias + layer.weight[:, c + 2] * cell[0] + layer.weight[:, c + 3] * cell[1]
 
         # Each pixel's row holds its expert's feature product and that bias, which every pair
         # adds exactly once: per pair only the two offset columns remain of the first layer.
