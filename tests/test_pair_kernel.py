@@ -107,3 +107,22 @@ def test_moeisr_tiers_decode_alike_fused_and_as_torch_ops(lr_image) -> None:
         with FlopCounterMode(display=False):
             plain = model.upscale(lr_image, (45, 61), tier)
         torch.testing.assert_close(fused, plain, atol=1e-5, rtol=1e-5)
+
+
+@torch.no_grad()
+def test_moeisr_routed_decoding_equals_the_plain_formulation(lr_image) -> None:
+    """Inference (first layer per LR pixel, cell in the bias, fused loops) against the training
+    formulation: every pair's expert on the concatenated [feature, offset, cell], same routing."""
+    from models.base import model_range
+    from models.implicit import flat_coords
+    from models.moeisr import TrainRouting
+
+    torch.manual_seed(4)
+    model = registry.build("moeisr").eval()
+    size = (45, 61)
+    coord = flat_coords(size, 0, size[0] * size[1], lr_image.device)[None]
+    for tier in model.tiers():
+        state = model.encode(model_range(lr_image), tier.knob, size)
+        routed = model.decode(state, coord, size, tier.knob)
+        plain = model.decode(state, coord, size, TrainRouting())
+        torch.testing.assert_close(routed, plain, atol=1e-5, rtol=1e-5)
