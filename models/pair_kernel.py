@@ -102,6 +102,11 @@ def _pool() -> ThreadPoolExecutor:
     return ThreadPoolExecutor(max_workers=os.cpu_count() or 1, thread_name_prefix="pair-kernel")
 
 
+# A forked child has none of the parent's threads, yet the pool would count them as its own and
+# start none: the child's first fused call would wait forever. It gets a pool of its own.
+os.register_at_fork(after_in_child=_pool.cache_clear)
+
+
 def fusable(decoder: MLP, pos_weight: torch.Tensor, *tensors: torch.Tensor) -> bool:
     """Whether the fused loops can stand in for the torch ops on these inputs without anyone
     missing them; pos_weight: the first layer's weights (hidden, k) on the offset columns."""

@@ -3,6 +3,8 @@ aside wherever someone must see those ops (autograd, dispatch modes, other shape
 
 from __future__ import annotations
 
+import multiprocessing
+import os
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
@@ -66,6 +68,23 @@ def test_fused_query_loop_mixes_four_pairs_like_the_torch_ops(batch, queries, tw
     want = (pairs.view(batch, 4, queries, 3) * weight[..., None]).sum(1)
     torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(mix_neighbours(pairs.view(batch, 4, queries, 3), weight), want)
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+def test_a_forked_child_runs_the_fused_loop_with_threads_of_its_own(two_threads) -> None:
+    """The parent's pool threads do not survive a fork; a child reusing that pool would hang."""
+    p = problem(3 * PAIR_BLOCK, seed=5)
+    with torch.no_grad():
+        decode_pairs(*p)  # the parent's pool now has threads
+    with multiprocessing.get_context("fork").Pool(1) as pool:
+        got = pool.apply_async(_decode_in_child, (5,)).get(timeout=60)
+    torch.testing.assert_close(got, reference(*p).detach(), atol=1e-5, rtol=1e-5)
+
+
+def _decode_in_child(seed: int) -> torch.Tensor:
+    torch.set_num_threads(2)  # the fused loop then hands blocks to pool threads
+    with torch.no_grad():
+        return decode_pairs(*problem(3 * PAIR_BLOCK, seed=seed))
 
 
 @torch.no_grad()
