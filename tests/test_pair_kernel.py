@@ -3,9 +3,11 @@ aside wherever someone must see those ops (autograd, dispatch modes, other shape
 
 from __future__ import annotations
 
-import multiprocessing
 import os
+import subprocess
+import sys
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import pytest
 import torch
@@ -17,6 +19,7 @@ from models.mlp import MLP
 from models.pair_kernel import PAIR_BLOCK, decode_pairs, decode_queries, fusable, mix_neighbours
 
 FEATURES, HIDDEN = 64, 256
+REPO = Path(__file__).resolve().parent.parent
 
 
 def problem(n: int, seed: int, pixels: int = 300, depth: int = 2, pos_cols: int = 2):
@@ -70,21 +73,30 @@ def test_fused_query_loop_mixes_four_pairs_like_the_torch_ops(batch, queries, tw
     torch.testing.assert_close(mix_neighbours(pairs.view(batch, 4, queries, 3), weight), want)
 
 
+FORK_CHILD = """
+import os, sys, torch
+sys.path.insert(0, "tests")
+from test_pair_kernel import problem, reference
+from models.pair_kernel import PAIR_BLOCK, decode_pairs
+
+torch.set_num_threads(2)  # the fused loop then hands blocks to pool threads
+p = problem(3 * PAIR_BLOCK, seed=5)
+with torch.no_grad():
+    decode_pairs(*p)  # the parent's pool now has threads
+    pid = os.fork()
+    if pid == 0:
+        got = decode_pairs(*p)
+        os._exit(0 if torch.allclose(got, reference(*p), atol=1e-5, rtol=1e-5) else 3)
+sys.exit(os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]))
+"""
+
+
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
-def test_a_forked_child_runs_the_fused_loop_with_threads_of_its_own(two_threads) -> None:
-    """The parent's pool threads do not survive a fork; a child reusing that pool would hang."""
-    p = problem(3 * PAIR_BLOCK, seed=5)
-    with torch.no_grad():
-        decode_pairs(*p)  # the parent's pool now has threads
-    with multiprocessing.get_context("fork").Pool(1) as pool:
-        got = pool.apply_async(_decode_in_child, (5,)).get(timeout=60)
-    torch.testing.assert_close(got, reference(*p).detach(), atol=1e-5, rtol=1e-5)
-
-
-def _decode_in_child(seed: int) -> torch.Tensor:
-    torch.set_num_threads(2)  # the fused loop then hands blocks to pool threads
-    with torch.no_grad():
-        return decode_pairs(*problem(3 * PAIR_BLOCK, seed=seed))
+def test_a_forked_child_runs_the_fused_loop_with_threads_of_its_own() -> None:
+    """The parent's pool threads do not survive a fork; a child reusing that pool would hang.
+    Run in a fresh interpreter: forking this test process, with its many threads, is unsafe."""
+    done = subprocess.run([sys.executable, "-c", FORK_CHILD], cwd=REPO, timeout=60, capture_output=True)
+    assert done.returncode == 0, done.stderr.decode()[-2000:]
 
 
 @torch.no_grad()
