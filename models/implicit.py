@@ -95,6 +95,12 @@ def neighbour_grid(
     return index, rel, area.flip(1) / total[:, None]
 
 
+def mix_neighbours(y: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """Each query's local-ensemble mix (B, Q, C) of its four neighbours' predictions y
+    (B, 4, Q, C) with `neighbour_grid`'s weights (B, 4, Q)."""
+    return (y * weight.unsqueeze(-1)).sum(1)
+
+
 def four_neighbours(coord: torch.Tensor, grid_size: tuple[int, int]) -> list[Neighbour]:
     """The local ensemble: the 4 grid pixels around each query (B, Q, 2), with bilinear area
     weights (`neighbour_grid` as one `Neighbour` each)."""

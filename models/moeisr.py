@@ -29,15 +29,15 @@ from models.encoder import EDSREncoder
 from models.implicit import (
     band_rows,
     chunked_band_pixels,
-    four_neighbours,
     gather_pixels,
+    mix_neighbours,
     nearest_index,
     neighbour_grid,
     pixel_centres,
     relative_cell,
 )
 from models.mlp import MLP
-from models.pair_kernel import decode_pairs, decode_queries, mix_neighbours
+from models.pair_kernel import decode_pairs, decode_queries
 from models.registry import register
 from models.tiers import Tier
 
@@ -193,17 +193,15 @@ class MoEISR(ScalableSR):
             return self.decode_routed(state, coord, out_size)
         b, q = coord.shape[:2]
         grid = state.feat.shape[-2:]
-        cell = relative_cell(out_size, grid, b, coord.device)[:, None, :].expand(-1, q, -1)
-        neighbours = four_neighbours(coord, grid)
-        x = torch.cat(
-            [torch.cat([gather_pixels(state.feat, n.index), n.rel, cell], -1) for n in neighbours], 1
-        )
-        gates = torch.cat([gather_pixels(state.route, n.index) for n in neighbours], 1)  # (B, 4Q, J)
+        index, rel, weight = neighbour_grid(coord, grid)
+        pixels = index.view(b, 4 * q)  # pairs neighbour-major, as in decode_routed
+        cell = relative_cell(out_size, grid, b, coord.device)[:, None, :].expand(-1, 4 * q, -1)
+        x = torch.cat([gather_pixels(state.feat, pixels), rel.view(b, 4 * q, 2), cell], -1)
+        gates = gather_pixels(state.route, pixels)  # (B, 4Q, J)
         # An expert whose gate is a constant zero (lightest-only steps) adds nothing, not even gradient.
         used = [j for j in range(len(self.experts)) if state.route.requires_grad or state.route[:, j].any()]
         y = sum(gates[..., j : j + 1] * self.experts[j](x) for j in used)
-        weights = torch.cat([n.weight for n in neighbours], 1)
-        return (y * weights).reshape(b, 4, q, 3).sum(1)
+        return mix_neighbours(y.view(b, 4, q, 3), weight)
 
     def decode_routed(self, state: MoEState, coord: torch.Tensor, out_size) -> torch.Tensor:
         """Inference: each (query, neighbour) pair runs only the expert picked for its LR pixel.

@@ -26,6 +26,7 @@ import numpy as np
 import torch
 from torch.utils._python_dispatch import is_in_torch_dispatch_mode
 
+from models.implicit import mix_neighbours
 from models.mlp import MLP
 
 # (query, neighbour) pairs per tile of a deep decoder's layers: its 256-wide hidden activations
@@ -120,11 +121,6 @@ def fusable(decoder: MLP, pos_weight: torch.Tensor, *tensors: torch.Tensor) -> b
         and not (torch.is_grad_enabled() and any(t.requires_grad for t in tensors))
         and not is_in_torch_dispatch_mode()
     )
-
-
-def mix_neighbours(y: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-    """Each query's bilinear mix (B, Q, C) of its four pairs' outputs y (B, 4, Q, C), weight (B, 4, Q)."""
-    return (y * weight.unsqueeze(-1)).sum(1)
 
 
 def decode_pairs(

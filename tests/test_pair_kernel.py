@@ -15,8 +15,9 @@ from model_support import counting
 from torch.utils.flop_counter import FlopCounterMode
 
 from models import registry
+from models.implicit import mix_neighbours
 from models.mlp import MLP
-from models.pair_kernel import PAIR_BLOCK, decode_pairs, decode_queries, fusable, mix_neighbours
+from models.pair_kernel import PAIR_BLOCK, decode_pairs, decode_queries, fusable
 
 FEATURES, HIDDEN = 64, 256
 REPO = Path(__file__).resolve().parent.parent
