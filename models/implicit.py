@@ -73,6 +73,14 @@ def _axis_neighbours(c: torch.Tensor, n: int) -> tuple[torch.Tensor, torch.Tenso
     return torch.stack(index, 1), torch.stack(rel, 1)
 
 
+def axis_neighbours(out: int, n: int, device: torch.device | None = None) -> tuple[torch.Tensor, ...]:
+    """`_axis_neighbours` of the `out` pixel centres of an output axis over `n` LR pixels: indices
+    and offsets (2, out). Row-major output pixels take their row's and column's entries, the same
+    values `neighbour_grid` computes per query, for H + W rather than H·W coordinates."""
+    index, rel = _axis_neighbours(pixel_centres(out, device)[None], n)
+    return index[0], rel[0]
+
+
 def neighbour_grid(
     coord: torch.Tensor, grid_size: tuple[int, int]
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

@@ -27,6 +27,7 @@ from torch import nn
 from models.base import DEFAULT_MAX_QUERIES, ScalableSR, model_range
 from models.encoder import EDSREncoder
 from models.implicit import (
+    axis_neighbours,
     band_rows,
     chunked_band_pixels,
     gather_pixels,
@@ -37,7 +38,7 @@ from models.implicit import (
     relative_cell,
 )
 from models.mlp import MLP
-from models.pair_kernel import decode_pairs, decode_queries
+from models.pair_kernel import GridAxes, decode_grid, decode_pairs, decode_queries, fusable
 from models.registry import register
 from models.tiers import Tier
 
@@ -53,6 +54,15 @@ class TrainRouting:
 
     bias: float = 0.0
     lightest: bool = False
+
+
+@dataclass(frozen=True)
+class ExpertColumns:
+    """Where an expert's input columns lie: [feature, offset (2), cell (2)]."""
+
+    feature: slice
+    offset: slice
+    cell: slice
 
 
 @dataclass
@@ -208,51 +218,101 @@ class MoEISR(ScalableSR):
 
         An expert's first layer is linear in [feature, offset, cell] and the feature belongs to
         the LR pixel, so its product is taken once per LR pixel of the queries' band, with that
-        pixel's expert, and gathered per pair (LIIF's trick); the cell columns go into its bias.
-        Per pair only the 2 offset columns and the deeper layers remain (`models.pair_kernel`:
-        `decode_queries` where one expert takes the whole band, as at b0, else `decode_pairs`
-        per expert). The routing and its costs are unchanged.
+        pixel's expert, and gathered per pair (LIIF's trick); the cell columns go into its bias
+        (`band_table`). Per pair only the 2 offset columns and the deeper layers remain
+        (`models.pair_kernel`: `decode_queries` where one expert takes the whole band, as at
+        b0, else `decode_pairs` per expert). The routing and its costs are unchanged.
         """
         assert state.pick is not None
         b, q = coord.shape[:2]
-        c, (h, w) = state.feat.shape[1], state.feat.shape[-2:]
-        index, rel, weight = neighbour_grid(coord, (h, w))  # (B, 4, Q), (B, 4, Q, 2), (B, 4, Q)
+        w = state.feat.shape[-1]
+        # (B, 4, Q), (B, 4, Q, 2), (B, 4, Q)
+        index, rel, weight = neighbour_grid(coord, state.feat.shape[-2:])
         lo, hi = band_rows([index], w)
-        band = state.feat[:, :, lo:hi].flatten(2).transpose(1, 2).reshape(-1, c)  # (B·P, C)
-        band_pick = state.pick[:, lo * w : hi * w].reshape(-1)
-        first = [e.net[0] for e in self.experts]
-        cell = relative_cell(out_size, (h, w), 1, coord.device)[0]
-
-        def bias(j: int) -> torch.Tensor:
-            """The first layer's bias with the image's cell columns folded in (the cell is the
-            same for every pair; two multiply-adds per hidden unit, like any bias not counted)."""
-            layer = first[j]
-            return layer.bias + layer.weight[:, c + 2] * cell[0] + layer.weight[:, c + 3] * cell[1]
-
-        # Each pixel's row holds its expert's feature product and that bias, which every pair
-        # adds exactly once: per pair only the two offset columns remain of the first layer.
-        table = band.new_empty(band.shape[0], first[0].out_features)
-        band_groups = list(expert_groups(band_pick, len(first)))
-        for j, at in band_groups:
-            if at is None:  # one expert takes the whole band (low budgets): no copies in and out
-                table = F.linear(band, first[j].weight[:, :c], bias(j))
-            else:
-                table[at] = F.linear(band[at], first[j].weight[:, :c], bias(j))
+        table, band_pick, band_groups = self.band_table(state, (lo, hi), out_size)
         offset = (torch.arange(b, device=coord.device) * (hi - lo) * w)[:, None, None] - lo * w
         rows = index + offset  # (B, 4, Q) into table
+        offsets = self.columns(state).offset
         if len(band_groups) == 1:  # every pair's pixel lies in the band: one expert takes them all
             j = band_groups[0][0]
-            return decode_queries(self.experts[j], table, rows, rel, weight, first[j].weight[:, c : c + 2])
+            return decode_queries(self.experts[j], table, rows, rel, weight, self.first(j).weight[:, offsets])
         rows, rel = rows.view(-1), rel.view(-1, 2)
         y = rel.new_empty(rel.shape[0], 3)
-        for j, pairs in expert_groups(band_pick[rows], len(first)):
+        for j, pairs in expert_groups(band_pick[rows], len(self.experts)):
             at_rows, at_rel = (rows, rel) if pairs is None else (rows[pairs], rel[pairs])
-            out = decode_pairs(self.experts[j], table, at_rows, at_rel, first[j].weight[:, c : c + 2])
+            out = decode_pairs(self.experts[j], table, at_rows, at_rel, self.first(j).weight[:, offsets])
             if pairs is None:
                 y = out
             else:
                 y[pairs] = out
         return mix_neighbours(y.view(b, 4, q, 3), weight)
+
+    def first(self, j: int) -> nn.Linear:
+        """Expert j's first layer, over [feature, offset, cell] (`columns`)."""
+        return self.experts[j].net[0]
+
+    def columns(self, state: MoEState) -> ExpertColumns:
+        c = state.feat.shape[1]
+        return ExpertColumns(slice(0, c), slice(c, c + 2), slice(c + 2, c + 2 + CELL_COLUMNS))
+
+    def band_table(
+        self, state: MoEState, band: tuple[int, int], out_size: tuple[int, int]
+    ) -> tuple[torch.Tensor, torch.Tensor, list[tuple[int, torch.Tensor | None]]]:
+        """First-layer rows (B·P, hidden) of the P = (hi − lo)·w LR pixels of rows band = (lo, hi),
+        image after image, each with its pixel's expert: its feature product plus that expert's
+        bias with the image's cell columns folded in (the cell is the same for every pair; two
+        multiply-adds per hidden unit, like any bias not counted). Every pair then adds its row
+        exactly once, so per pair only the two offset columns remain of the first layer. Also
+        the band's experts (B·P,) and `expert_groups` of them."""
+        (lo, hi), (c, h, w) = band, state.feat.shape[1:]
+        at = self.columns(state)
+        band_feat = state.feat[:, :, lo:hi].flatten(2).transpose(1, 2).reshape(-1, c)  # (B·P, C)
+        band_pick = state.pick[:, lo * w : hi * w].reshape(-1)
+        cell = relative_cell(out_size, (h, w), 1, state.feat.device)[0]
+        groups = list(expert_groups(band_pick, len(self.experts)))
+        table = band_feat.new_empty(band_feat.shape[0], self.first(0).out_features)
+        for j, rows in groups:
+            layer = self.first(j)
+            bias = layer.bias + (layer.weight[:, at.cell] * cell).sum(1)  # elementwise, as a bias
+            if rows is None:  # one expert takes the whole band (low budgets): no copies in and out
+                table = F.linear(band_feat, layer.weight[:, at.feature], bias)
+            else:
+                table[rows] = F.linear(band_feat[rows], layer.weight[:, at.feature], bias)
+        return table, band_pick, groups
+
+    def decode_image(
+        self, state: MoEState, lr: torch.Tensor, size: tuple[int, int], knob: Any, chunk: int
+    ) -> torch.Tensor:
+        """Where one expert takes every LR pixel (always at b0) and the fused loops can run, each
+        chunk of output pixels is finished in one pass of `pair_kernel.decode_grid`, residual
+        and upsample included, from per-axis neighbour tables made once per image; otherwise
+        the generic chunked decode (`decode_routed` per chunk). Same result to float rounding."""
+        sole = self.sole_expert(state)
+        if sole is None:
+            return super().decode_image(state, lr, size, knob, chunk)
+        expert, weight = self.experts[sole], self.first(sole).weight[:, self.columns(state).offset]
+        if not fusable(expert, weight, state.feat, lr):
+            return super().decode_image(state, lr, size, knob, chunk)
+        (b, _, h, w), (out_h, out_w) = state.feat.shape, size
+        rows, row_rel = axis_neighbours(out_h, h, lr.device)
+        cols, col_rel = axis_neighbours(out_w, w, lr.device)
+        axes = GridAxes(rows, row_rel, cols, col_rel)
+        out = torch.empty(b, 3, out_h * out_w, device=lr.device)
+        for start in range(0, out_h * out_w, chunk):
+            stop = min(out_h * out_w, start + chunk)
+            lines = rows[:, start // out_w : (stop - 1) // out_w + 1]  # the chunk's output rows
+            band = (int(lines.min()), int(lines.max()) + 1)
+            table = self.band_table(state, band, size)[0]
+            decode_grid(expert, table, band, axes, lr, weight, out, (start, stop))
+        return out.view(b, 3, out_h, out_w)
+
+    @staticmethod
+    def sole_expert(state: MoEState) -> int | None:
+        """The expert every LR pixel of every image picked, if one did."""
+        if state.pick is None:
+            return None
+        first = int(state.pick.view(-1)[0])
+        return first if bool((state.pick == first).all()) else None
 
     def training_loss(self, lr, coord, out_size, knob, target) -> torch.Tensor:
         """L1 plus the paper's load-balance term on the mapper's soft assignment."""

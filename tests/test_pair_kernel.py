@@ -17,7 +17,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from models import registry
 from models.implicit import mix_neighbours
 from models.mlp import MLP
-from models.pair_kernel import PAIR_BLOCK, decode_pairs, decode_queries, fusable
+from models.pair_kernel import PAIR_BLOCK, decode_grid, decode_pairs, decode_queries, fusable
 
 FEATURES, HIDDEN = 64, 256
 REPO = Path(__file__).resolve().parent.parent
@@ -158,3 +158,57 @@ def test_moeisr_routed_decoding_equals_the_plain_formulation(lr_image) -> None:
         routed = model.decode(state, coord, size, tier.knob)
         plain = model.decode(state, coord, size, TrainRouting())
         torch.testing.assert_close(routed, plain, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize(
+    "lr_size,out_size,chunk",
+    [
+        ((32, 32), (96, 96), 100_000),  # ×3: queries on the edge pixels' centres, one chunk
+        ((17, 23), (61, 40), 997),  # asymmetric, chunks that end mid-row
+        ((9, 13), (101, 97), PAIR_BLOCK + 11),  # ×11 / ×7.5, blocks split across threads
+        ((20, 20), (15, 26), 64),  # fewer output rows than LR rows
+    ],
+)
+@torch.no_grad()
+def test_moeisr_grid_decode_equals_the_per_query_decode(
+    lr_size, out_size, chunk, two_threads, monkeypatch
+) -> None:
+    """One expert on every LR pixel: `decode_grid` finishes each chunk from per-axis tables
+    (neighbours, offsets, weights, the upsample) where the generic path computes them per query."""
+    from models import moeisr
+    from models.base import ScalableSR, model_range
+
+    torch.manual_seed(6)
+    model = registry.build("moeisr").eval()
+    lr = model_range(torch.rand(2, 3, *lr_size))
+    calls = []
+    monkeypatch.setattr(moeisr, "decode_grid", lambda *a: calls.append(1) or decode_grid(*a))
+    state = model.encode(lr, 0.0, out_size)
+    got = model.decode_image(state, lr, out_size, 0.0, chunk)
+    want = ScalableSR.decode_image(model, state, lr, out_size, 0.0, chunk)
+    assert len(calls) == -(-out_size[0] * out_size[1] // chunk)
+    assert got.shape == (2, 3, *out_size)
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("expert,fused", [(0, True), (1, False)])
+@torch.no_grad()
+def test_moeisr_full_budget_routed_to_one_expert_decodes_on_the_grid_only_if_fusable(
+    expert, fused, lr_image, monkeypatch
+) -> None:
+    from models import moeisr
+    from models.base import ScalableSR, model_range
+
+    torch.manual_seed(7)
+    model = registry.build("moeisr").eval()
+    model.mapper[-1].bias[expert] = 1e4  # the mapper picks this expert everywhere
+    calls = []
+    monkeypatch.setattr(moeisr, "decode_grid", lambda *a: calls.append(1) or decode_grid(*a))
+    size, lr = (45, 61), model_range(lr_image)
+    state = model.encode(lr, 1.0, size)
+    assert model.sole_expert(state) == expert
+    got = model.decode_image(state, lr, size, 1.0, 1000)
+    assert bool(calls) == fused
+    torch.testing.assert_close(
+        got, ScalableSR.decode_image(model, state, lr, size, 1.0, 1000), atol=1e-5, rtol=1e-5
+    )
