@@ -45,9 +45,10 @@ POS_COLUMNS, OUT_CHANNELS = 2, 3
 
 @cache
 def _kernels():
-    """The fused loops, compiled on first use (about a second for both) rather than at import,
-    both at once for the C-contiguous float32/int64 arrays `_run` passes: a service's warm-up
-    compiles them, whichever routing its small image gets, not its first request."""
+    """The fused loops, compiled on first use (about 2 s for the three, numba's import included)
+    rather than at import, all at once for the C-contiguous float32/int64 arrays `_run` passes:
+    a service's warm-up compiles them, whichever routing its small image gets, not its first
+    request."""
     from numba import njit, types
 
     f4, i8 = types.float32, types.int64
