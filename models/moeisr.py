@@ -270,14 +270,17 @@ class MoEISR(ScalableSR):
         band_pick = state.pick[:, lo * w : hi * w].reshape(-1)
         cell = relative_cell(out_size, (h, w), 1, state.feat.device)[0]
         groups = list(expert_groups(band_pick, len(self.experts)))
-        table = band_feat.new_empty(band_feat.shape[0], self.first(0).out_features)
+        table = None  # allocated only where several experts share the band
         for j, rows in groups:
             layer = self.first(j)
             bias = layer.bias + (layer.weight[:, at.cell] * cell).sum(1)  # elementwise, as a bias
             if rows is None:  # one expert takes the whole band (low budgets): no copies in and out
                 table = F.linear(band_feat, layer.weight[:, at.feature], bias)
             else:
+                if table is None:
+                    table = band_feat.new_empty(band_feat.shape[0], layer.out_features)
                 table[rows] = F.linear(band_feat[rows], layer.weight[:, at.feature], bias)
+        assert table is not None  # every pixel has an expert
         return table, band_pick, groups
 
     def decode_image(
