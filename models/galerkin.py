@@ -31,14 +31,6 @@ from models.widths import Axis, narrow
 
 Weights = dict[str, torch.Tensor]
 LAYER_NORM_EPS = 1e-5  # F.layer_norm's default, which the weights were trained with
-# Σkᵀv for heads thinner than this is one dense a×a product whose diagonal blocks are kept: h×
-# the MACs, yet faster on CPU than h products of 4-wide heads (1.3–1.6× at a = 64, 4,096 queries,
-# one thread); from 5-wide heads up the per-head products win (1.2–2.4×, a = 80…176).
-DENSE_KV_BELOW = 5
-# k/v heads thinner than this have their per-head square sums and scale broadcasts done as
-# products with 0/1 group matrices: 1.3–2.7× faster on one CPU thread than reductions over such
-# short rows (on two threads about even: those reductions split across threads, thin products less).
-GROUPED_BELOW = 16
 # Queries per tile of the per-query layers at inference: a tile's 256-wide activations (4 MiB)
 # stay in cache from one layer to the next; whole chunks (65,536+ queries) spilled to memory.
 QUERY_TILE = 4096
@@ -154,11 +146,6 @@ class GalerkinDecoder(nn.Module):
             out[f"kv{i}.b"] = (kv_b - kv_b.mean(1, keepdim=True)).reshape(2 * a)
             out[f"kv{i}.g"] = torch.cat([raw[f"kg{i}"], raw[f"vg{i}"]])
             out[f"kv{i}.beta"] = torch.cat([raw[f"kb{i}"], raw[f"vb{i}"]])
-            dh = a // self.heads
-            if dh < GROUPED_BELOW:  # 0/1 matrices: column → its head, for `kv_sum`
-                group = torch.arange(2 * a, device=qkv_w.device) // dh
-                sq = (group[:, None] == torch.arange(2 * self.heads, device=qkv_w.device)).to(qkv_w.dtype)
-                out[f"kv{i}.sq"], out[f"kv{i}.spread"] = sq, sq[:a, : self.heads].t().contiguous()
             for k in ("core", "ffn1", "ffn2"):
                 out[f"{k}{i}.w"], out[f"{k}{i}.b"] = raw[f"{k}{i}.w"], raw[f"{k}{i}.b"]
         return out
@@ -201,38 +188,27 @@ class GalerkinDecoder(nn.Module):
         product, the affine parts come out of the sum:
             Σkᵀv = g_k⊗g_v ⊙ Σ r_k r_v k̃ᵀṽ + (g_k⊙Σ r_k k̃)⊗β_v + β_k⊗(g_v⊙Σ r_v ṽ) + N·β_k⊗β_v,
         so per pixel only k̃ is scaled (by r_k r_v, one number per head): the per-element
-        normalise-scale-shift of k and v is gone, and the sums Σ r k̃ and Σ r ṽ are two thin
-        products. For heads under `GROUPED_BELOW` wide, the per-head
-        reductions and broadcasts are products with 0/1 group matrices (`kv.sq`, `kv.spread`).
+        normalise-scale-shift of k and v is gone.
+
+        k̃ and ṽ are made transposed, (B, 2, heads, dh, N) with the pixels last, so that every
+        per-pixel statistic is a reduction along contiguous pixels: the square sums per head, and
+        per head Σ r_k r_v k̃ᵀṽ (dh × dh) and Σ r k̃, Σ r ṽ as products over the pixels. With
+        pixels first these took per-head reductions over rows only dh long, or products with 0/1
+        group matrices and over all pairs of heads to avoid them: 0.73–0.96 of that time per
+        4,096-query tile at d = 64…256 on one and two threads, and none of those extra MACs.
         """
-        b, n, _ = x.shape
-        kv = F.linear(x, p[f"kv{i}.w"], p[f"kv{i}.b"])  # (B, N, 2a): k̃ then ṽ, centred per head
-        a, h = kv.shape[-1] // 2, self.heads
-        dh = a // h
-        grouped = dh < GROUPED_BELOW
-        if grouped:
-            square_sums = (kv * kv) @ p[f"kv{i}.sq"]  # (B, N, 2h)
-        else:
-            square_sums = torch.linalg.vector_norm(kv.view(b, n, 2 * h, dh), dim=-1).square()
-        inv_rms = (square_sums / dh + LAYER_NORM_EPS).rsqrt()
-        r_k, r_v = inv_rms[..., :h], inv_rms[..., h:]
-        k, v = kv[..., :a], kv[..., a:]
-        if grouped:
-            ks = k * ((r_k * r_v) @ p[f"kv{i}.spread"])
-        else:
-            ks = (k.reshape(b, n, h, dh) * (r_k * r_v)[..., None]).view(b, n, a)
-        if dh < DENSE_KV_BELOW:
-            kv_pairs = ks.transpose(1, 2) @ v  # (B, a, a): every pair of heads, diagonal kept
-            scaled = kv_pairs.view(b, h, dh, h, dh).diagonal(dim1=1, dim2=3).permute(0, 3, 1, 2)
-        else:
-            scaled = torch.einsum("bnhd,bnhe->bhde", ks.view(b, n, h, dh), v.reshape(b, n, h, dh))
-
-        def weighted_sum(r: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-            """Σ_n r[n, head]·y[n, head, :] as one (h × a) product whose diagonal blocks are kept."""
-            return (r.transpose(1, 2) @ y).view(b, h, h, dh).diagonal(dim1=1, dim2=2).transpose(1, 2)
-
+        b, n, d = x.shape
+        weight, h = p[f"kv{i}.w"], self.heads
+        two_a = weight.shape[0]
+        dh = two_a // 2 // h
+        bias = p[f"kv{i}.b"].view(1, two_a, 1).expand(b, two_a, n)
+        kv = torch.baddbmm(bias, weight.expand(b, two_a, d), x.transpose(1, 2)).view(b, 2, h, dh, n)
+        inv_rms = (kv.square().sum(3) / dh + LAYER_NORM_EPS).rsqrt()  # (B, 2, h, N)
+        k, v, r_k, r_v = kv[:, 0], kv[:, 1], inv_rms[:, 0], inv_rms[:, 1]
+        scaled = torch.einsum("bhin,bhjn->bhij", k * (r_k * r_v)[:, :, None], v)
         g, beta = p[f"kv{i}.g"].view(2, h, dh), p[f"kv{i}.beta"].view(2, h, dh)
-        k_sum, v_sum = g[0] * weighted_sum(r_k, k), g[1] * weighted_sum(r_v, v)  # (B, h, dh)
+        k_sum = g[0] * torch.einsum("bhin,bhn->bhi", k, r_k)  # (B, h, dh)
+        v_sum = g[1] * torch.einsum("bhin,bhn->bhi", v, r_v)
         return (
             g[0][..., :, None] * scaled * g[1][..., None, :]
             + k_sum[..., :, None] * beta[1][..., None, :]
@@ -241,12 +217,16 @@ class GalerkinDecoder(nn.Module):
         )
 
     def attention_map(self, p: Weights, i: int, kv_mean: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Block i's attention with its residual as one affine map of its input: x ↦ x·M + c.
+        """Block i's attention, its residual and its FFN's first layer as one affine map from the
+        block's input to the FFN's hidden layer (before GELU): x ↦ x·M + c, M of d × f.
 
         Galerkin attention is linear in q once the image-wide mean of kᵀv is known, and q and the
         core projection are linear too, so q-projection, attention, core projection and the
-        residual (M's identity part) compose into a single d×d matrix per image: one dense
-        product per query instead of three thin ones and an addition.
+        residual (an identity part) compose into a single d×d matrix per image. Its output
+        feeds only the FFN's first layer (the block returns x + FFN(x + attention)), so that
+        layer composes in as well: one d×f product per query instead of a d×d and a d×f one.
+        Decoders took 0.85–0.94 of their time with the two (SSRNO XS and X ×2, AnySR w1 ×3 at
+        128², 2 threads, two alternating runs each).
         """
         heads, dh = kv_mean.shape[1], kv_mean.shape[2]
         q_w = p[f"q{i}.w"].view(heads, dh, -1)  # (h, dh, d)
@@ -258,23 +238,19 @@ class GalerkinDecoder(nn.Module):
             p[f"core{i}.w"],
             p[f"core{i}.b"],
         )  # (B, d)
-        return m, c
+        w1, b1 = p[f"ffn1{i}.w"], p[f"ffn1{i}.b"]
+        return m @ w1.t(), F.linear(c, w1, b1)  # (B, d, f), (B, f)
 
     def block(
         self, p: Weights, i: int, x: torch.Tensor, attn: tuple[torch.Tensor, torch.Tensor]
     ) -> torch.Tensor:
-        """One Galerkin block given its attention map (`attention_map`)."""
+        """One Galerkin block given its map into the FFN's hidden layer (`attention_map`)."""
         m, c = attn
         if torch.is_grad_enabled():
-            h = c[:, None] + x @ m
-            return x + F.linear(
-                F.gelu(F.linear(h, p[f"ffn1{i}.w"], p[f"ffn1{i}.b"])), p[f"ffn2{i}.w"], p[f"ffn2{i}.b"]
-            )
+            return x + F.linear(F.gelu(c[:, None] + x @ m), p[f"ffn2{i}.w"], p[f"ffn2{i}.b"])
         # Inference, same maths in fewer passes over the activations: the FFN's hidden layer
         # takes its GELU in place, and its output product accumulates onto x + bias.
-        hidden = torch.ops.aten.gelu_(
-            F.linear(torch.baddbmm(c[:, None, :], x, m), p[f"ffn1{i}.w"], p[f"ffn1{i}.b"])
-        )
+        hidden = torch.ops.aten.gelu_(torch.baddbmm(c[:, None, :], x, m))
         out = x + p[f"ffn2{i}.b"]
         return (
             out.view(-1, out.shape[-1])
@@ -300,10 +276,11 @@ class GalerkinDecoder(nn.Module):
     ) -> int:
         """MACs of decoding one image in chunks of `chunk` queries (`GalerkinSR.decode_image`).
 
-        Per query: the offset/cell product, each block's k/v, kᵀv, attention map and FFN, the
-        head. Per chunk and pass: the lift product over the band of LR rows. Per image: each
-        block's attention map. Several chunks mean blocks+1 passes, where pass i re-lifts and
-        re-runs blocks < i before accumulating block i's kᵀv.
+        Per query: the offset/cell product, each block's k/v, kᵀv, its map into the FFN's hidden
+        layer and the FFN's output layer, the head. Per chunk and pass: the lift product over
+        the band of LR rows. Per image: each block's map (`attention_map`). Several chunks mean
+        blocks+1 passes, where pass i re-lifts and re-runs blocks < i before accumulating block
+        i's kᵀv.
         """
         d, heads = widths.trunk, self.heads
         c = (self.lift.in_features - 10) // 4
@@ -313,13 +290,11 @@ class GalerkinDecoder(nn.Module):
         kv, run, maps = [], [], 0
         for i in range(self.blocks):
             a, f = widths.attn[i], widths.ffn[i]
-            dh = a // heads
-            # k/v product, Σkᵀv (all head pairs when dense), the two weighted sums Σr·k̃ and
-            # Σr·ṽ, and for grouped heads the group products: square sums (2a×2h), spread (h×a).
-            groups = (7 if dh < GROUPED_BELOW else 2) * heads * a
-            kv.append(d * 2 * a + a * (a if dh < DENSE_KV_BELOW else dh) + groups)
-            run.append(d * d + 2 * d * f)
-            maps += d * a * (a // heads) + a * d * d + a * (a // heads) + a * d
+            # k/v product, Σ r_k r_v k̃ᵀṽ per head, the two sums Σ r·k̃ and Σ r·ṽ.
+            kv.append(d * 2 * a + a * (a // heads) + 2 * a)
+            run.append(2 * d * f)  # the map into the FFN's hidden layer, and its output layer
+            # Per image: attention map (q·kᵀv, core projection, their biases), composed with ffn1.
+            maps += d * a * (a // heads) + a * d * d + a * (a // heads) + a * d + d * d * f + d * f
         band = chunked_band_pixels(out_size, lr_size, chunk)
         lift = band * c * 4 * d + total_q * pos
         if total_q <= chunk:
