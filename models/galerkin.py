@@ -224,9 +224,9 @@ class GalerkinDecoder(nn.Module):
         core projection are linear too, so q-projection, attention, core projection and the
         residual (an identity part) compose into a single d×d matrix per image. Its output
         feeds only the FFN's first layer (the block returns x + FFN(x + attention)), so that
-        layer composes in as well: one d×f product per query instead of a d×d and a d×f one.
-        Decoders took 0.85–0.94 of their time with the two (SSRNO XS and X ×2, AnySR w1 ×3 at
-        128², 2 threads, two alternating runs each).
+        layer composes in as well: one d×f product per query instead of a d×d and a d×f one,
+        which took the decoders to 0.85–0.94 of their earlier time (SSRNO XS and X ×2, AnySR w1
+        ×3 at 128², 2 threads, two alternating runs each).
         """
         heads, dh = kv_mean.shape[1], kv_mean.shape[2]
         q_w = p[f"q{i}.w"].view(heads, dh, -1)  # (h, dh, d)
