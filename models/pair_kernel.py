@@ -71,35 +71,52 @@ def _kernels():
             out[i, 1] = o1 + out_bias[1]
             out[i, 2] = o2 + out_bias[2]
 
+    @njit(inline="always", fastmath=True)
+    def mixed(table, rows, offsets, weights, pos_weight, out_weight, out_bias):  # pragma: no cover
+        """One query's four pairs side by side, each weight loaded once for all four, and their
+        mix: rows (4,) into table, offsets (4 × (2,)) the pairs' two offset columns, weights (4,)."""
+        zero = np.float32(0.0)
+        r0, r1, r2, r3 = rows
+        (a0, b0), (a1, b1), (a2, b2), (a3, b3) = offsets
+        s00, s01, s02, s10, s11, s12 = zero, zero, zero, zero, zero, zero
+        s20, s21, s22, s30, s31, s32 = zero, zero, zero, zero, zero, zero
+        for k in range(table.shape[1]):
+            pa, pb = pos_weight[0, k], pos_weight[1, k]
+            u0, u1, u2 = out_weight[0, k], out_weight[1, k], out_weight[2, k]
+            v = max(table[r0, k] + a0 * pa + b0 * pb, zero)
+            s00, s01, s02 = s00 + v * u0, s01 + v * u1, s02 + v * u2
+            v = max(table[r1, k] + a1 * pa + b1 * pb, zero)
+            s10, s11, s12 = s10 + v * u0, s11 + v * u1, s12 + v * u2
+            v = max(table[r2, k] + a2 * pa + b2 * pb, zero)
+            s20, s21, s22 = s20 + v * u0, s21 + v * u1, s22 + v * u2
+            v = max(table[r3, k] + a3 * pa + b3 * pb, zero)
+            s30, s31, s32 = s30 + v * u0, s31 + v * u1, s32 + v * u2
+        w0, w1, w2, w3 = weights
+        c0, c1, c2 = out_bias[0], out_bias[1], out_bias[2]
+        return (
+            w0 * (s00 + c0) + w1 * (s10 + c0) + w2 * (s20 + c0) + w3 * (s30 + c0),
+            w0 * (s01 + c1) + w1 * (s11 + c1) + w2 * (s21 + c1) + w3 * (s31 + c1),
+            w0 * (s02 + c2) + w1 * (s12 + c2) + w2 * (s22 + c2) + w3 * (s32 + c2),
+        )
+
     @njit(types.void(c2, rows3, c4, c3, c2, c2, c1, c3, i8, i8), nogil=True, fastmath=True)
     def queries(
         table, rows, rel, weight, pos_weight, out_weight, out_bias, out, start, stop
     ):  # pragma: no cover
-        zero = np.float32(0.0)
         q = rows.shape[2]
         for i in range(start, stop):
             b, j = i // q, i % q
-            r0, r1, r2, r3 = rows[b, 0, j], rows[b, 1, j], rows[b, 2, j], rows[b, 3, j]
-            x0, y0, x1, y1 = rel[b, 0, j, 0], rel[b, 0, j, 1], rel[b, 1, j, 0], rel[b, 1, j, 1]
-            x2, y2, x3, y3 = rel[b, 2, j, 0], rel[b, 2, j, 1], rel[b, 3, j, 0], rel[b, 3, j, 1]
-            s00, s01, s02, s10, s11, s12 = zero, zero, zero, zero, zero, zero
-            s20, s21, s22, s30, s31, s32 = zero, zero, zero, zero, zero, zero
-            for k in range(table.shape[1]):
-                px, py = pos_weight[0, k], pos_weight[1, k]
-                u0, u1, u2 = out_weight[0, k], out_weight[1, k], out_weight[2, k]
-                v = max(table[r0, k] + x0 * px + y0 * py, zero)
-                s00, s01, s02 = s00 + v * u0, s01 + v * u1, s02 + v * u2
-                v = max(table[r1, k] + x1 * px + y1 * py, zero)
-                s10, s11, s12 = s10 + v * u0, s11 + v * u1, s12 + v * u2
-                v = max(table[r2, k] + x2 * px + y2 * py, zero)
-                s20, s21, s22 = s20 + v * u0, s21 + v * u1, s22 + v * u2
-                v = max(table[r3, k] + x3 * px + y3 * py, zero)
-                s30, s31, s32 = s30 + v * u0, s31 + v * u1, s32 + v * u2
-            w0, w1, w2, w3 = weight[b, 0, j], weight[b, 1, j], weight[b, 2, j], weight[b, 3, j]
-            c0, c1, c2 = out_bias[0], out_bias[1], out_bias[2]
-            out[b, j, 0] = w0 * (s00 + c0) + w1 * (s10 + c0) + w2 * (s20 + c0) + w3 * (s30 + c0)
-            out[b, j, 1] = w0 * (s01 + c1) + w1 * (s11 + c1) + w2 * (s21 + c1) + w3 * (s31 + c1)
-            out[b, j, 2] = w0 * (s02 + c2) + w1 * (s12 + c2) + w2 * (s22 + c2) + w3 * (s32 + c2)
+            four = (rows[b, 0, j], rows[b, 1, j], rows[b, 2, j], rows[b, 3, j])
+            offsets = (
+                (rel[b, 0, j, 0], rel[b, 0, j, 1]),
+                (rel[b, 1, j, 0], rel[b, 1, j, 1]),
+                (rel[b, 2, j, 0], rel[b, 2, j, 1]),
+                (rel[b, 3, j, 0], rel[b, 3, j, 1]),
+            )
+            weights = (weight[b, 0, j], weight[b, 1, j], weight[b, 2, j], weight[b, 3, j])
+            out[b, j, 0], out[b, j, 1], out[b, j, 2] = mixed(
+                table, four, offsets, weights, pos_weight, out_weight, out_bias
+            )
 
     @njit(
         types.void(c2, ax_i, ax_f, ax_i, ax_f, c4, c2, c2, c1, c3, i8, i8, i8, i8, i8, i8),
@@ -131,46 +148,31 @@ def _kernels():
             y, x = at // width, at % width
             t, u, left, right = iy[0, y], iy[1, y], ix[0, x], ix[1, x]  # LR rows and columns
             top, bottom = (t - lo) * w + b * band, (u - lo) * w + b * band
-            r0, r1, r2, r3 = top + left, top + right, bottom + left, bottom + right
             y0, y1, x0, x1 = ry[0, y], ry[1, y], rx[0, x], rx[1, x]
-            s00, s01, s02, s10, s11, s12 = zero, zero, zero, zero, zero, zero
-            s20, s21, s22, s30, s31, s32 = zero, zero, zero, zero, zero, zero
-            for k in range(table.shape[1]):
-                py, px = pos_weight[0, k], pos_weight[1, k]
-                u0, u1, u2 = out_weight[0, k], out_weight[1, k], out_weight[2, k]
-                ty, by = y0 * py, y1 * py
-                v = max(table[r0, k] + ty + x0 * px, zero)
-                s00, s01, s02 = s00 + v * u0, s01 + v * u1, s02 + v * u2
-                v = max(table[r1, k] + ty + x1 * px, zero)
-                s10, s11, s12 = s10 + v * u0, s11 + v * u1, s12 + v * u2
-                v = max(table[r2, k] + by + x0 * px, zero)
-                s20, s21, s22 = s20 + v * u0, s21 + v * u1, s22 + v * u2
-                v = max(table[r3, k] + by + x1 * px, zero)
-                s30, s31, s32 = s30 + v * u0, s31 + v * u1, s32 + v * u2
             # Bilinear weights: each pair's weight is the area opposite it (`neighbour_grid`).
             a0, a1 = abs(y0 * x0) + eps, abs(y0 * x1) + eps
             a2, a3 = abs(y1 * x0) + eps, abs(y1 * x1) + eps
             total = a0 + a1 + a2 + a3
-            w0, w1, w2, w3 = a3 / total, a2 / total, a1 / total, a0 / total
+            o = mixed(
+                table,
+                (top + left, top + right, bottom + left, bottom + right),
+                ((y0, x0), (y0, x1), (y1, x0), (y1, x1)),
+                (a3 / total, a2 / total, a1 / total, a0 / total),
+                pos_weight,
+                out_weight,
+                out_bias,
+            )
             # The bilinear upsample that the residual adds to, border-padded like `bilinear_at`:
             # per axis the far neighbour's share is the offset from the near one over their
             # distance; at an edge both neighbours on that axis are the edge pixel.
             dy, dx = abs(y0) + abs(y1), abs(x0) + abs(x1)
             fy = abs(y0) / dy if dy > zero else half
             fx = abs(x0) / dx if dx > zero else half
-            sums = ((s00, s10, s20, s30), (s01, s11, s21, s31), (s02, s12, s22, s32))
-            for c, (s0, s1, s2, s3) in enumerate(sums):
-                bias, lr = out_bias[c], image[b, c]
+            for c in range(OUT_CHANNELS):
+                lr = image[b, c]
                 upper = lr[t, left] + fx * (lr[t, right] - lr[t, left])
                 lower = lr[u, left] + fx * (lr[u, right] - lr[u, left])
-                out[b, c, at] = (
-                    w0 * (s0 + bias)
-                    + w1 * (s1 + bias)
-                    + w2 * (s2 + bias)
-                    + w3 * (s3 + bias)
-                    + upper
-                    + fy * (lower - upper)
-                )
+                out[b, c, at] = o[c] + upper + fy * (lower - upper)
 
     return pairs, queries, grid
 
