@@ -149,6 +149,7 @@ class MoEISR(ScalableSR):
         layers.append(nn.Conv2d(mapper_width, len(self.DEPTHS), 3, padding=1))
         self.mapper = nn.Sequential(*layers)
         self.experts = nn.ModuleList(MLP(c + 4, hidden, 3, depth) for depth in self.DEPTHS)
+        self.columns = ExpertColumns(slice(0, c), slice(c, c + 2), slice(c + 2, c + 2 + CELL_COLUMNS))
         costs = torch.tensor([e.macs_per_query for e in self.experts], dtype=torch.float32)
         self.register_buffer("relative_cost", costs / costs.max(), persistent=False)
 
@@ -232,7 +233,7 @@ class MoEISR(ScalableSR):
         table, band_pick, band_groups = self.band_table(state, (lo, hi), out_size)
         offset = (torch.arange(b, device=coord.device) * (hi - lo) * w)[:, None, None] - lo * w
         rows = index + offset  # (B, 4, Q) into table
-        offsets = self.columns(state).offset
+        offsets = self.columns.offset
         if len(band_groups) == 1:  # every pair's pixel lies in the band: one expert takes them all
             j = band_groups[0][0]
             return decode_queries(self.experts[j], table, rows, rel, weight, self.first(j).weight[:, offsets])
@@ -251,10 +252,6 @@ class MoEISR(ScalableSR):
         """Expert j's first layer, over [feature, offset, cell] (`columns`)."""
         return self.experts[j].net[0]
 
-    def columns(self, state: MoEState) -> ExpertColumns:
-        c = state.feat.shape[1]
-        return ExpertColumns(slice(0, c), slice(c, c + 2), slice(c + 2, c + 2 + CELL_COLUMNS))
-
     def band_table(
         self, state: MoEState, band: tuple[int, int], out_size: tuple[int, int]
     ) -> tuple[torch.Tensor, torch.Tensor, list[tuple[int, torch.Tensor | None]]]:
@@ -265,7 +262,7 @@ class MoEISR(ScalableSR):
         exactly once, so per pair only the two offset columns remain of the first layer. Also
         the band's experts (B·P,) and `expert_groups` of them."""
         (lo, hi), (c, h, w) = band, state.feat.shape[1:]
-        at = self.columns(state)
+        at = self.columns
         band_feat = state.feat[:, :, lo:hi].flatten(2).transpose(1, 2).reshape(-1, c)  # (B·P, C)
         band_pick = state.pick[:, lo * w : hi * w].reshape(-1)
         cell = relative_cell(out_size, (h, w), 1, state.feat.device)[0]
@@ -293,7 +290,7 @@ class MoEISR(ScalableSR):
         sole = self.sole_expert(state)
         if sole is None:
             return super().decode_image(state, lr, size, knob, chunk)
-        expert, weight = self.experts[sole], self.first(sole).weight[:, self.columns(state).offset]
+        expert, weight = self.experts[sole], self.first(sole).weight[:, self.columns.offset]
         if not fusable(expert, weight, state.feat, lr):
             return super().decode_image(state, lr, size, knob, chunk)
         (b, _, h, w), (out_h, out_w) = state.feat.shape, size
