@@ -32,9 +32,7 @@ from models.implicit import (
     chunked_band_pixels,
     gather_pixels,
     mix_neighbours,
-    nearest_index,
     neighbour_grid,
-    pixel_centres,
     relative_cell,
 )
 from models.mlp import MLP
@@ -75,12 +73,8 @@ class MoEState:
 
 def axis_usage(n: int, out: int, device) -> torch.Tensor:
     """How many (output pixel, ensemble neighbour) pairs use each of the n LR positions on one axis."""
-    c = pixel_centres(out, device)
-    counts = torch.zeros(n, device=device)
-    for d in (-1, 1):
-        idx = nearest_index((c + d / n + 1e-6).clamp(-1 + 1e-6, 1 - 1e-6), n)
-        counts += torch.bincount(idx, minlength=n).float()
-    return counts
+    index, _ = axis_neighbours(out, n, device)
+    return torch.bincount(index.flatten(), minlength=n).float()
 
 
 def budget_routing(
