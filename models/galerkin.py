@@ -23,7 +23,7 @@ from models.implicit import (
     bilinear_at,
     chunked_band_pixels,
     flat_coords,
-    four_neighbours,
+    neighbour_grid,
     relative_cell,
 )
 from models.mlp import thin_linear
@@ -166,16 +166,18 @@ class GalerkinDecoder(nn.Module):
         b, q = coord.shape[:2]
         h, w = feat.shape[-2:]
         d = p["lift.pos"].shape[0]
-        neighbours = four_neighbours(coord, (h, w))
-        lo, hi = band_rows([n.index for n in neighbours], w)
+        index, rel, weight = neighbour_grid(coord, (h, w))  # (B, 4, Q), (B, 4, Q, 2), (B, 4, Q)
+        lo, hi = band_rows(index, w)
         band = feat[:, :, lo:hi].flatten(2).transpose(1, 2)  # (B, P, C)
         table = F.linear(band, p["lift.feat"]).reshape(-1, d)  # row (b, pixel, neighbour slot)
-        first = (torch.arange(b, device=coord.device) * (band.shape[1] * 4))[:, None] - lo * w * 4
-        rows = torch.stack([first + n.index * 4 + k for k, n in enumerate(neighbours)], -1)
-        weights = torch.cat([n.weight for n in neighbours], -1)
-        x = F.embedding_bag(rows.view(-1, 4), table, per_sample_weights=weights.view(-1, 4), mode="sum")
+        first = (torch.arange(b, device=coord.device) * (band.shape[1] * 4))[:, None, None] - lo * w * 4
+        slot = torch.arange(4, device=coord.device)[:, None]
+        rows = (first + index * 4 + slot).transpose(1, 2).reshape(-1, 4)  # (B·Q, 4)
+        weights = weight.transpose(1, 2).reshape(-1, 4)
+        x = F.embedding_bag(rows, table, per_sample_weights=weights, mode="sum")
         cell = relative_cell(out_size, (h, w), b, coord.device)[:, None, :].expand(-1, q, -1)
-        pos = torch.cat([*(n.rel for n in neighbours), cell, coord.new_ones(b, q, 1)], -1).view(-1, 11)
+        offsets = rel.permute(0, 2, 1, 3).reshape(b, q, 8)  # each neighbour's (dy, dx) in turn
+        pos = torch.cat([offsets, cell, coord.new_ones(b, q, 1)], -1).view(-1, 11)
         pos_t = p["lift.pos"].t()
         x = x.addmm_(pos, pos_t) if not torch.is_grad_enabled() else torch.addmm(x, pos, pos_t)
         return x.view(b, q, d)

@@ -8,7 +8,6 @@ never with a hard-coded device.
 from __future__ import annotations
 
 import functools
-from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -50,15 +49,6 @@ def relative_cell(out_size: tuple[int, int], grid_size: tuple[int, int], batch: 
 def nearest_index(coord: torch.Tensor, n: int) -> torch.Tensor:
     """Index of the grid pixel (of `n` along this axis) whose cell holds each coordinate."""
     return ((coord + 1) * (n / 2)).floor().long().clamp_(0, n - 1)
-
-
-@dataclass
-class Neighbour:
-    """One of the four LR pixels around a query: flat index, offset to the query, ensemble weight."""
-
-    index: torch.Tensor  # (B, Q) flat index into the h*w grid
-    rel: torch.Tensor  # (B, Q, 2) query minus pixel centre, in units where one pixel = 2
-    weight: torch.Tensor  # (B, Q, 1) bilinear (opposite-area) weight
 
 
 def _axis_neighbours(c: torch.Tensor, n: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -109,21 +99,14 @@ def mix_neighbours(y: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     return (y * weight.unsqueeze(-1)).sum(1)
 
 
-def four_neighbours(coord: torch.Tensor, grid_size: tuple[int, int]) -> list[Neighbour]:
-    """The local ensemble: the 4 grid pixels around each query (B, Q, 2), with bilinear area
-    weights (`neighbour_grid` as one `Neighbour` each)."""
-    index, rel, weight = neighbour_grid(coord, grid_size)
-    return [Neighbour(index[:, i], rel[:, i], weight[:, i, :, None]) for i in range(4)]
-
-
-def band_rows(indices: list[torch.Tensor], width: int) -> tuple[int, int]:
+def band_rows(index: torch.Tensor, width: int) -> tuple[int, int]:
     """Rows [lo, hi) of the grid (of `width` columns) that these flat neighbour indices lie in.
 
     Decoders that apply a per-pixel layer once per grid pixel instead of once per query (the
     LIIF trick) apply it only to this band, so the work and memory follow the chunk of queries.
     """
-    lo = min(int(i.min()) for i in indices) // width
-    hi = max(int(i.max()) for i in indices) // width + 1
+    lo = int(index.min()) // width
+    hi = int(index.max()) // width + 1
     return lo, hi
 
 

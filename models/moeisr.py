@@ -223,7 +223,7 @@ class MoEISR(ScalableSR):
         w = state.feat.shape[-1]
         # (B, 4, Q), (B, 4, Q, 2), (B, 4, Q)
         index, rel, weight = neighbour_grid(coord, state.feat.shape[-2:])
-        lo, hi = band_rows([index], w)
+        lo, hi = band_rows(index, w)
         table, band_pick, band_groups = self.band_table(state, (lo, hi), out_size)
         offset = (torch.arange(b, device=coord.device) * (hi - lo) * w)[:, None, None] - lo * w
         rows = index + offset  # (B, 4, Q) into table
