@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from models import kv_stats
 from models.base import DEFAULT_MAX_QUERIES, ScalableSR
 from models.encoder import EDSREncoder
 from models.implicit import (
@@ -43,6 +44,32 @@ class DecoderWidths:
     trunk: int
     attn: tuple[int, ...]
     ffn: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class KVSums:
+    """Per head, over some pixels: Σ r_k r_v k̃ᵀṽ (B, heads, dh, dh), Σ r_k k̃ and Σ r_v ṽ
+    (B, heads, dh), and the number of pixels (`GalerkinDecoder.kv_sum`).
+
+    Block i's Σkᵀv is an affine function of these (`GalerkinDecoder.kv_mean`), so tiles add their
+    sums and the layer norm's gain and shift are applied once per image, not once per tile.
+    """
+
+    scaled: torch.Tensor
+    k: torch.Tensor
+    v: torch.Tensor
+    count: int
+
+    def __add__(self, other: KVSums) -> KVSums:
+        return KVSums(
+            self.scaled + other.scaled, self.k + other.k, self.v + other.v, self.count + other.count
+        )
+
+    def __radd__(self, other: int) -> KVSums:
+        """`sum()` starts from 0."""
+        if other != 0:
+            return NotImplemented
+        return self
 
 
 class GalerkinDecoder(nn.Module):
@@ -182,15 +209,8 @@ class GalerkinDecoder(nn.Module):
         x = x.addmm_(pos, pos_t) if not torch.is_grad_enabled() else torch.addmm(x, pos, pos_t)
         return x.view(b, q, d)
 
-    def kv_sum(self, p: Weights, i: int, x: torch.Tensor) -> torch.Tensor:
-        """Σ over this chunk's pixels of kᵀv, per head: (B, heads, dh, dh).
-
-        k and v are layer-normed per head: k = g_k⊙(r_k·k̃) + β_k with k̃ centred (the weights
-        are, `rearranged`) and r_k its inverse root mean square, likewise v. Expanding the
-        product, the affine parts come out of the sum:
-            Σkᵀv = g_k⊗g_v ⊙ Σ r_k r_v k̃ᵀṽ + (g_k⊙Σ r_k k̃)⊗β_v + β_k⊗(g_v⊙Σ r_v ṽ) + N·β_k⊗β_v,
-        so per pixel only k̃ is scaled (by r_k r_v, one number per head): the per-element
-        normalise-scale-shift of k and v is gone.
+    def kv_sum(self, p: Weights, i: int, x: torch.Tensor) -> KVSums:
+        """The sums over this tile's pixels that block i's Σkᵀv is made of (`kv_mean`).
 
         k̃ and ṽ are made transposed, (B, 2, heads, dh, N) with the pixels last, so that every
         per-pixel statistic is a reduction along contiguous pixels: the square sums per head, and
@@ -198,25 +218,46 @@ class GalerkinDecoder(nn.Module):
         pixels first these took per-head reductions over rows only dh long, or products with 0/1
         group matrices and over all pairs of heads to avoid them: 0.73–0.96 of that time per
         4,096-query tile at d = 64…256 on one and two threads, and none of those extra MACs.
+        On CPU at inference a compiled loop takes them (`models.kv_stats`).
         """
         b, n, d = x.shape
-        weight, h = p[f"kv{i}.w"], self.heads
+        weight, bias, h = p[f"kv{i}.w"], p[f"kv{i}.b"], self.heads
         two_a = weight.shape[0]
         dh = two_a // 2 // h
-        bias = p[f"kv{i}.b"].view(1, two_a, 1).expand(b, two_a, n)
+        if kv_stats.fusable(x, weight):
+            return KVSums(*kv_stats.head_sums(x, weight, bias, h), n)
+        bias = bias.view(1, two_a, 1).expand(b, two_a, n)
         kv = torch.baddbmm(bias, weight.expand(b, two_a, d), x.transpose(1, 2)).view(b, 2, h, dh, n)
         inv_rms = (kv.square().sum(3) / dh + LAYER_NORM_EPS).rsqrt()  # (B, 2, h, N)
         k, v, r_k, r_v = kv[:, 0], kv[:, 1], inv_rms[:, 0], inv_rms[:, 1]
-        scaled = torch.einsum("bhin,bhjn->bhij", k * (r_k * r_v)[:, :, None], v)
+        return KVSums(
+            torch.einsum("bhin,bhjn->bhij", k * (r_k * r_v)[:, :, None], v),
+            torch.einsum("bhin,bhn->bhi", k, r_k),
+            torch.einsum("bhin,bhn->bhi", v, r_v),
+            n,
+        )
+
+    def kv_mean(self, p: Weights, i: int, sums: KVSums) -> torch.Tensor:
+        """Block i's mean over pixels of kᵀv per head (B, heads, dh, dh), from its `KVSums`.
+
+        k and v are layer-normed per head: k = g_k⊙(r_k·k̃) + β_k with k̃ centred (the weights
+        are, `rearranged`) and r_k its inverse root mean square, likewise v. Expanding the
+        product, the affine parts come out of the sum:
+            Σkᵀv = g_k⊗g_v ⊙ Σ r_k r_v k̃ᵀṽ + (g_k⊙Σ r_k k̃)⊗β_v + β_k⊗(g_v⊙Σ r_v ṽ) + N·β_k⊗β_v,
+        so per pixel only k̃ is scaled (by r_k r_v, one number per head): the per-element
+        normalise-scale-shift of k and v is gone, and what remains is applied once per image,
+        to the sums of all its tiles.
+        """
+        h, dh = sums.k.shape[1:]
         g, beta = p[f"kv{i}.g"].view(2, h, dh), p[f"kv{i}.beta"].view(2, h, dh)
-        k_sum = g[0] * torch.einsum("bhin,bhn->bhi", k, r_k)  # (B, h, dh)
-        v_sum = g[1] * torch.einsum("bhin,bhn->bhi", v, r_v)
-        return (
-            g[0][..., :, None] * scaled * g[1][..., None, :]
+        k_sum, v_sum = g[0] * sums.k, g[1] * sums.v
+        total = (
+            g[0][..., :, None] * sums.scaled * g[1][..., None, :]
             + k_sum[..., :, None] * beta[1][..., None, :]
             + beta[0][..., :, None] * v_sum[..., None, :]
-            + n * beta[0][..., :, None] * beta[1][..., None, :]
+            + sums.count * beta[0][..., :, None] * beta[1][..., None, :]
         )
+        return total / sums.count
 
     def attention_map(self, p: Weights, i: int, kv_mean: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Block i's attention, its residual and its FFN's first layer as one affine map from the
@@ -267,9 +308,8 @@ class GalerkinDecoder(nn.Module):
 
     def run(self, p: Weights, x: torch.Tensor) -> torch.Tensor:
         """Single pass over all lifted queries at once (training, or images that fit in one chunk)."""
-        n = x.shape[1]
         for i in range(self.blocks):
-            x = self.block(p, i, x, self.attention_map(p, i, self.kv_sum(p, i, x) / n))
+            x = self.block(p, i, x, self.attention_map(p, i, self.kv_mean(p, i, self.kv_sum(p, i, x))))
         return self.head(p, x)
 
     # ---- cost ----------------------------------------------------------------------------------
@@ -393,7 +433,7 @@ class GalerkinSR(ScalableSR):
             x, coord = lifted(0, total)
             kv = sum(dec.kv_sum(p, 0, x[:, s:e]) for s, e in tiles(total))
             for i in range(dec.blocks):
-                attention.append(dec.attention_map(p, i, kv / total))
+                attention.append(dec.attention_map(p, i, dec.kv_mean(p, i, kv)))
                 kv = 0
                 for s, e in tiles(total):
                     y = dec.block(p, i, x[:, s:e], attention[i])
@@ -421,7 +461,7 @@ class GalerkinSR(ScalableSR):
                 for start, stop in chunks
                 for _, _, y in through(lifted(start, stop)[0], i)
             )
-            attention.append(dec.attention_map(p, i, kv / total))
+            attention.append(dec.attention_map(p, i, dec.kv_mean(p, i, kv)))
         for start, stop in chunks:
             x, coord = lifted(start, stop)
             for s, e, y in through(x, dec.blocks):

@@ -1,0 +1,155 @@
+"""Galerkin attention's per-tile k/v statistics on CPU as one compiled loop (numba).
+
+A Galerkin block needs, per head and over a tile's pixels, Σ r_k r_v k̃ᵀṽ, Σ r_k k̃ and Σ r_v ṽ,
+r being each pixel's inverse RMS of its head's k̃ (or ṽ) (`GalerkinDecoder.kv_sum`). As torch ops
+these are some ten passes over the (2, heads, dh, pixels) product (square, sum, rsqrt, scales,
+three small products), each bound by memory: per 4,096-query tile they took 3.4× the time of
+the k/v product itself at d = 64 (dh = 4) and 1.2× at d = 128 (dh = 8). Here each head's rows
+are read twice: once for the square sums, once to write the scaled rows, whose outer product is
+then taken in 4 × 4 register blocks (the head dimension padded to a multiple of 4 with zero
+rows); the product's bias is added on the way, so the product runs without one. SSRNO's and
+AnySR's decoders then take 0.84–0.95 of their time (every tier at ×2 and ×4, 128² input, 2
+threads, interleaved with the torch ops 5 times; Xeon host). It runs on the calling thread: right
+after the product, OpenMP's idle workers spin on the other cores, and splitting the heads over
+two threads took 1.03–1.05 of the one-thread time.
+
+The torch path stays the reference: it runs on CUDA, with autograd and under torch dispatch
+modes (the FLOP counter in the tests), which must see every product; `tests/test_kv_stats.py`
+checks both give the same sums.
+"""
+
+from __future__ import annotations
+
+from functools import cache
+
+import numpy as np
+import torch
+from torch.utils._python_dispatch import is_in_torch_dispatch_mode
+
+BLOCK = 4  # the outer product's register block: 16 accumulators
+
+
+def padded(dh: int) -> int:
+    """The head dimension rounded up to whole register blocks."""
+    return -(-dh // BLOCK) * BLOCK
+
+
+@cache
+def _kernel():
+    """The loop, compiled on first use (a service's warm-up decodes a small image)."""
+    import math
+
+    from numba import njit, types
+
+    f4 = types.float32
+    eps = np.float32(1e-5)  # F.layer_norm's default, which the weights were trained with
+
+    # error_model="numpy": without it numba guards every division against zero, and the loops
+    # with one stay scalar.
+    jit = {"nogil": True, "fastmath": True, "error_model": "numpy"}
+
+    @njit(inline="always", **jit)
+    def outer_block(a, b, i0, j0, s):  # pragma: no cover
+        """s[i0:i0+4, j0:j0+4] = a[i0:i0+4] · b[j0:j0+4]ᵀ, summed over the columns."""
+        z = np.float32(0.0)
+        s00 = s01 = s02 = s03 = s10 = s11 = s12 = s13 = z
+        s20 = s21 = s22 = s23 = s30 = s31 = s32 = s33 = z
+        a0, a1, a2, a3 = a[i0], a[i0 + 1], a[i0 + 2], a[i0 + 3]
+        b0, b1, b2, b3 = b[j0], b[j0 + 1], b[j0 + 2], b[j0 + 3]
+        for t in range(a.shape[1]):
+            x0, x1, x2, x3 = a0[t], a1[t], a2[t], a3[t]
+            y0, y1, y2, y3 = b0[t], b1[t], b2[t], b3[t]
+            s00 += x0 * y0
+            s01 += x0 * y1
+            s02 += x0 * y2
+            s03 += x0 * y3
+            s10 += x1 * y0
+            s11 += x1 * y1
+            s12 += x1 * y2
+            s13 += x1 * y3
+            s20 += x2 * y0
+            s21 += x2 * y1
+            s22 += x2 * y2
+            s23 += x2 * y3
+            s30 += x3 * y0
+            s31 += x3 * y1
+            s32 += x3 * y2
+            s33 += x3 * y3
+        s[i0, j0], s[i0, j0 + 1], s[i0, j0 + 2], s[i0, j0 + 3] = s00, s01, s02, s03
+        s[i0 + 1, j0], s[i0 + 1, j0 + 1], s[i0 + 1, j0 + 2], s[i0 + 1, j0 + 3] = s10, s11, s12, s13
+        s[i0 + 2, j0], s[i0 + 2, j0 + 1], s[i0 + 2, j0 + 2], s[i0 + 2, j0 + 3] = s20, s21, s22, s23
+        s[i0 + 3, j0], s[i0 + 3, j0 + 1], s[i0 + 3, j0 + 2], s[i0 + 3, j0 + 3] = s30, s31, s32, s33
+
+    c3, c4, c5 = (types.Array(f4, n, "C") for n in (3, 4, 5))
+
+    @njit(types.void(c5, c3, c4, c3, c3), **jit)
+    def stats(kv, bias, s, ks, vs):  # pragma: no cover
+        batch, heads, dh, n = kv.shape[0], kv.shape[2], kv.shape[3], kv.shape[4]
+        dhp = s.shape[2]
+        inv = np.float32(1.0) / np.float32(dh)
+        # Scratch rows: k̃·r_k·r_v and ṽ, padded with zero rows to whole blocks.
+        kw = np.zeros((dhp, n), np.float32)
+        vb = np.zeros((dhp, n), np.float32)
+        rk = np.empty(n, np.float32)
+        rv = np.empty(n, np.float32)
+        for b in range(batch):
+            for h in range(heads):
+                k, v, bk, bv = kv[b, 0, h], kv[b, 1, h], bias[0, h], bias[1, h]
+                rk[:] = 0
+                rv[:] = 0
+                for i in range(dh):
+                    ki, vi, ci, di = k[i], v[i], bk[i], bv[i]
+                    for t in range(n):
+                        y = ki[t] + ci
+                        z = vi[t] + di
+                        rk[t] += y * y
+                        rv[t] += z * z
+                for t in range(n):
+                    rk[t] = np.float32(1.0) / math.sqrt(rk[t] * inv + eps)
+                    rv[t] = np.float32(1.0) / math.sqrt(rv[t] * inv + eps)
+                for i in range(dh):
+                    ki, vi, ci, di, kwi, vbi = k[i], v[i], bk[i], bv[i], kw[i], vb[i]
+                    sk = np.float32(0.0)
+                    sv = np.float32(0.0)
+                    for t in range(n):
+                        y = (ki[t] + ci) * rk[t]
+                        z = vi[t] + di
+                        kwi[t] = y * rv[t]
+                        vbi[t] = z
+                        sk += y
+                        sv += z * rv[t]
+                    ks[b, h, i] = sk
+                    vs[b, h, i] = sv
+                for i0 in range(0, dhp, 4):
+                    for j0 in range(0, dhp, 4):
+                        outer_block(kw, vb, i0, j0, s[b, h])
+
+    return stats
+
+
+def fusable(x: torch.Tensor, weight: torch.Tensor) -> bool:
+    """Whether the loop can stand in for the torch ops without anyone missing them."""
+    return (
+        x.device.type == "cpu"
+        and x.dtype == weight.dtype == torch.float32
+        and not (torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad))
+        and not is_in_torch_dispatch_mode()
+    )
+
+
+def head_sums(
+    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, heads: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per head, over the pixels of x (B, N, d), with [k̃; ṽ] = x·weightᵀ + bias split into heads
+    (2 × heads rows of dh) and r the inverse RMS of each pixel's head row (layer norm's eps):
+    Σ r_k r_v k̃ᵀṽ (B, heads, dh, dh), Σ r_k k̃ and Σ r_v ṽ (B, heads, dh). CPU, float32, no
+    autograd (see `fusable`).
+    """
+    b, n, d = x.shape
+    dh = weight.shape[0] // 2 // heads
+    kv = torch.bmm(weight.expand(b, -1, d), x.transpose(1, 2)).view(b, 2, heads, dh, n)
+    dhp = padded(dh)
+    s = np.empty((b, heads, dhp, dhp), np.float32)
+    ks, vs = np.empty((b, heads, dh), np.float32), np.empty((b, heads, dh), np.float32)
+    _kernel()(kv.numpy(), bias.detach().reshape(2, heads, dh).contiguous().numpy(), s, ks, vs)
+    return torch.from_numpy(s)[..., :dh, :dh], torch.from_numpy(ks), torch.from_numpy(vs)

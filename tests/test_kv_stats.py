@@ -1,0 +1,69 @@
+"""models.kv_stats: the compiled loop gives the k/v sums the torch ops give, and steps aside wherever
+someone must see those ops (autograd, dispatch modes, other dtypes)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from model_support import counting
+from torch.utils.flop_counter import FlopCounterMode
+
+from models import registry
+from models.galerkin import LAYER_NORM_EPS
+from models.kv_stats import fusable, head_sums
+
+HEADS = 16
+
+
+def plain_sums(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor):
+    """The statistics written out in float64: k̃, ṽ per head, their inverse RMS, the three sums."""
+    b, n, _ = x.shape
+    dh = weight.shape[0] // 2 // HEADS
+    kv = (x.double() @ weight.double().t() + bias.double()).view(b, n, 2, HEADS, dh)
+    r = (kv.square().mean(-1, keepdim=True) + LAYER_NORM_EPS).rsqrt()  # (B, N, 2, heads, 1)
+    k, v, r_k, r_v = kv[:, :, 0], kv[:, :, 1], r[:, :, 0], r[:, :, 1]
+    scaled = torch.einsum("bnhi,bnhj->bhij", k * r_k * r_v, v)
+    return scaled, (k * r_k).sum(1), (v * r_v).sum(1)
+
+
+@pytest.mark.parametrize("dh", [4, 6, 11, 16])
+@pytest.mark.parametrize(("batch", "n"), [(1, 1), (2, 37), (1, 4096)])
+@torch.no_grad()
+def test_loop_equals_the_plain_sums(dh, batch, n) -> None:
+    torch.manual_seed(dh * n)
+    d = 48
+    x = torch.randn(batch, n, d)
+    weight, bias = torch.randn(2 * HEADS * dh, d) / d**0.5, torch.randn(2 * HEADS * dh)
+    assert fusable(x, weight)
+    got = head_sums(x, weight, bias, HEADS)
+    want = plain_sums(x, weight, bias)
+    for g, w in zip(got, want, strict=True):
+        assert g.shape == w.shape
+        torch.testing.assert_close(g.double(), w, atol=1e-4 * n**0.5, rtol=1e-4)
+
+
+def test_torch_ops_run_where_they_must_be_seen() -> None:
+    x, weight = torch.randn(1, 10, 8), torch.randn(2 * HEADS * 4, 8)
+    with torch.no_grad():
+        assert fusable(x, weight)
+        with counting():  # a dispatch mode must see every product
+            assert not fusable(x, weight)
+        assert not fusable(x.double(), weight.double())
+    assert fusable(x, weight)  # autograd on, but nothing here requires grad
+    assert not fusable(x, weight.requires_grad_())
+
+
+@torch.no_grad()
+@pytest.mark.parametrize("method", ["ssrno", "anysr"])
+def test_galerkin_tiers_decode_alike_with_the_loop_and_as_torch_ops(method, lr_image) -> None:
+    """Whole-model check, one chunk and several: the FLOP counter's dispatch mode sends every
+    tile's statistics through the torch ops."""
+    torch.manual_seed(5)
+    model = registry.build(method).eval()
+    for tier in model.tiers():
+        for max_queries in (None, 700):
+            kwargs = {} if max_queries is None else {"max_queries": max_queries}
+            fused = model.upscale(lr_image, (45, 61), tier, **kwargs)
+            with FlopCounterMode(display=False):
+                plain = model.upscale(lr_image, (45, 61), tier, **kwargs)
+            torch.testing.assert_close(fused, plain, atol=1e-5, rtol=1e-5)
