@@ -106,7 +106,9 @@ async def test_sigterm_flips_readiness_first_and_lets_requests_in_flight_finish(
     """Runs last in this module: the server does not survive it."""
     slow = "/upscale?scale=2&method=ssrno&tier=X&deadline_ms=120000"
     headers = {"content-type": "image/png", "x-api-key": KEY}
-    body = image_bytes(48, 48)
+    # Three X-tier ×2 calls on 96² take well over the 0.3 s below (~0.25 s each on 2 cores); at 48²
+    # the three had all finished within it once decoding got faster.
+    body = image_bytes(96, 96)
     async with httpx.AsyncClient(base_url=server.base, timeout=120) as client:
         requests = [asyncio.ensure_future(client.post(slow, content=body, headers=headers)) for _ in range(3)]
         while "elasticsr_inflight_requests 0.0" in (await client.get("/metrics")).text:
@@ -123,7 +125,7 @@ async def test_sigterm_flips_readiness_first_and_lets_requests_in_flight_finish(
         responses = await asyncio.gather(*requests)
         finished = time.monotonic()
     assert [r.status_code for r in responses] == [200, 200, 200]
-    assert all(decoded(r.content).size == (96, 96) for r in responses)
+    assert all(decoded(r.content).size == (192, 192) for r in responses)
     returncode = await asyncio.to_thread(server.process.wait, 60)
     assert returncode in (0, -signal.SIGTERM)
     print(
