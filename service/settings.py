@@ -185,7 +185,8 @@ class Settings(BaseSettings):
         1024 * 1024 * 1024,
         gt=0,
         description="Bytes of job inputs and results stored at once (in memory, or in Redis); "
-        "the in-process queue drops the oldest finished jobs first, Redis refuses new jobs (503).",
+        "the in-process queue first drops the oldest jobs whose outcome was collected; "
+        "then, like Redis, it refuses new jobs (503).",
     )
     job_lease_s: float = Field(
         10.0, gt=0, description="Redis: a running job whose worker stops renewing it this long is retried."

@@ -1,7 +1,7 @@
 """The jobs API over the in-process queue (no Redis): 202 + Location, polling, result, cancel, failures.
 
 Also the queue itself, driven without its runner so that jobs stay queued: the cap (503 with
-Retry-After), cancel, deadline expiry and the byte budget that evicts the oldest finished results.
+Retry-After), cancel, deadline expiry, and the byte and record budgets, which drop only collected jobs.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from service_support import corrupt_png, decoded, image_bytes, make_settings, me
 
 from service.errors import Unavailable
 from service.inference import InferencePool
-from service.jobs.inprocess import InProcessQueue
+from service.jobs.inprocess import RECORDS_PER_SLOT, InProcessQueue
 from service.jobs.model import JobRecord, JobState
 from service.metrics import Metrics
 
@@ -177,21 +177,51 @@ async def test_overdue_queued_jobs_expire(pool: InferencePool) -> None:
     assert (await queue.stats()).depth == 0
 
 
-async def test_the_byte_budget_evicts_the_oldest_finished_results_first(pool: InferencePool) -> None:
+async def finished(
+    queue: InProcessQueue, state: JobState, result: bytes | None = None
+) -> tuple[str, JobState]:
+    """A job submitted, claimed and ended in `state` (its result stored if it succeeded)."""
+    job = record()
+    await queue.submit(job, b"i" * 10)
+    claim = await queue.claim(job.id, "w")
+    assert claim is not None
+    fields = {"finished_at": time.time()}
+    if state is not JobState.SUCCEEDED:
+        fields.update(error_code="internal_error", error_message="boom")
+    ended = await queue.finish(job.id, claim.attempt, state, fields, result)
+    assert ended is not None
+    return job.id, ended
+
+
+async def test_the_byte_budget_drops_collected_results_only(pool: InferencePool) -> None:
     queue = InProcessQueue(make_settings(max_stored_bytes=100), Metrics(), pool)
-    ids = []
-    for _ in range(3):
-        job = record()
-        await queue.submit(job, b"i" * 10)
-        claim = await queue.claim(job.id, "w")
-        assert claim is not None
-        state = await queue.finish(
-            job.id, claim.attempt, JobState.SUCCEEDED, {"finished_at": time.time()}, b"r" * 40
-        )
-        assert state is JobState.SUCCEEDED
-        ids.append(job.id)
-    # 3 × 40 bytes do not fit in 100: the first result made room for the third.
-    assert await queue.get(ids[0]) is None and await queue.result(ids[0]) is None
-    assert await queue.result(ids[2]) == b"r" * 40
+    first, _ = await finished(queue, JobState.SUCCEEDED, b"r" * 40)
+    second, _ = await finished(queue, JobState.SUCCEEDED, b"r" * 40)
+    # No room for a third result, and nobody has collected the first two: they stay, and the
+    # third job fails with a clear error rather than take another job's result away.
+    third, state = await finished(queue, JobState.SUCCEEDED, b"r" * 40)
+    assert state is JobState.FAILED
+    failed = await queue.get(third)
+    assert failed is not None and failed.error_code == "result_too_large"
+    assert await queue.result(first) == b"r" * 40  # collected now ...
+    fourth, state = await finished(queue, JobState.SUCCEEDED, b"r" * 40)
+    assert state is JobState.SUCCEEDED  # ... so it made room for this one
+    assert await queue.get(first) is None
+    assert await queue.result(second) == b"r" * 40 and await queue.result(fourth) == b"r" * 40
     with pytest.raises(Unavailable):
         await queue.submit(record(), b"i" * 200)  # more than the whole budget
+
+
+async def test_the_record_cap_refuses_new_jobs_while_ended_ones_are_uncollected(pool: InferencePool) -> None:
+    """The slow test's failure: a cap of 16 records per queue slot dropped the oldest ended jobs
+    while their clients were still polling, and those jobs read as unknown (404)."""
+    queue = InProcessQueue(make_settings(max_jobs=1), Metrics(), pool)
+    ended = [(await finished(queue, JobState.FAILED))[0] for _ in range(RECORDS_PER_SLOT)]
+    with pytest.raises(Unavailable) as refused:
+        await queue.submit(record(), b"x")
+    assert refused.value.reason == "queue_full"
+    for job_id in ended:  # all still there to be read ...
+        view = await queue.get(job_id)
+        assert view is not None and view.state is JobState.FAILED
+    await queue.submit(record(), b"x")  # ... and, read, they make room
+    assert await queue.get(ended[0]) is None and await queue.get(ended[1]) is not None

@@ -4,7 +4,9 @@ Jobs wait in a FIFO and one runner task renders them one at a time through the A
 pool, so a running job is part of the backlog the sync controller sees (and sync requests keep
 flowing between its chunks of work on the pool's other workers, if any). Inputs and results live
 in memory, bounded: at most `ELASTICSR_MAX_JOBS` queued jobs, and `ELASTICSR_MAX_STORED_BYTES` for
-all stored inputs and results together (the oldest finished jobs are dropped first to make room).
+all stored inputs and results together. To make room, only jobs whose outcome reached their client
+are dropped before their TTL (oldest first); an ended job nobody has collected is kept, and new
+jobs are refused (503) while there is no room, so no accepted job is lost to newer ones.
 All state changes happen on the event loop without awaiting in between, so each is atomic.
 Nothing survives a restart: use the Redis backend when jobs must not be lost.
 """
@@ -26,7 +28,7 @@ from service.settings import Settings
 
 log = logging.getLogger(__name__)
 
-# Finished records kept (besides their byte budget) per queued-job slot: bounds failed jobs too.
+# Records kept (besides their byte budget) per queued-job slot: bounds failed jobs too.
 RECORDS_PER_SLOT = 16
 
 
@@ -41,6 +43,7 @@ class InProcessQueue(JobQueue):
         self._inputs: dict[str, bytes] = {}
         self._results: dict[str, bytes] = {}
         self._pending: deque[str] = deque()
+        self._delivered: set[str] = set()  # ended jobs whose outcome the client has collected
         self._bytes = 0
         self._wakeup = asyncio.Event()
 
@@ -56,6 +59,7 @@ class InProcessQueue(JobQueue):
 
     def _forget(self, job_id: str) -> None:
         self._records.pop(job_id, None)
+        self._delivered.discard(job_id)
         self._drop_input(job_id)
         self._bytes -= len(self._results.pop(job_id, b""))
 
@@ -67,17 +71,22 @@ class InProcessQueue(JobQueue):
                 self._forget(job_id)
 
     def _make_room(self, nbytes: int, records: int = 0) -> bool:
-        """Evict the oldest finished jobs until `nbytes` (and `records`) more fit in the budgets."""
+        """Drop the oldest delivered jobs until `nbytes` (and `records`) more fit in the budgets.
+
+        Delivered: a succeeded job once its result was downloaded, any other ended job once its
+        final record was read. An ended job that nobody has collected stays until its TTL however
+        many jobs come after it: dropping it would lose a job that was accepted, so the caller
+        refuses the new work instead.
+        """
         limit, max_records = self.settings.max_stored_bytes, RECORDS_PER_SLOT * self.settings.max_jobs
 
         def fits() -> bool:
             return self._bytes + nbytes <= limit and len(self._records) + records <= max_records
 
-        for job_id, record in list(self._records.items()):
+        for job_id in [i for i in self._records if i in self._delivered]:
             if fits():
                 break
-            if record.state.terminal:
-                self._forget(job_id)
+            self._forget(job_id)
         return fits()
 
     def _end(
@@ -98,7 +107,8 @@ class InProcessQueue(JobQueue):
             raise queue_full(len(self._pending), await self.stats())
         if not self._make_room(len(data), records=1):
             raise Unavailable(
-                "the in-process job store is full (ELASTICSR_MAX_STORED_BYTES)",
+                "the in-process job store is full of results not yet collected "
+                "(ELASTICSR_MAX_STORED_BYTES, or the record cap); try again when they are",
                 code="overloaded",
                 reason="queue_full",
                 retry_after_s=max(1.0, (await self.stats()).backlog_seconds),
@@ -112,11 +122,17 @@ class InProcessQueue(JobQueue):
 
     async def get(self, job_id: str) -> JobRecord | None:
         self._purge(time.time())
-        return self._records.get(job_id)
+        record = self._records.get(job_id)
+        if record is not None and record.state.terminal and record.state is not JobState.SUCCEEDED:
+            self._delivered.add(job_id)  # its final state is all there is to collect
+        return record
 
     async def result(self, job_id: str) -> bytes | None:
         self._purge(time.time())
-        return self._results.get(job_id)
+        body = self._results.get(job_id)
+        if body is not None:
+            self._delivered.add(job_id)
+        return body
 
     async def cancel(self, job_id: str) -> JobRecord | None:
         record = await self.get(job_id)
@@ -129,6 +145,7 @@ class InProcessQueue(JobQueue):
                 "error_code": "cancelled",
                 "error_message": "cancelled by the client",
             }
+            self._delivered.add(job_id)  # the client is handed its final record
             return self._end(job_id, JobState.CANCELLED, fields, None)
         if record.state is JobState.RUNNING:
             return self._change(job_id, cancel_requested=True)
