@@ -8,6 +8,7 @@ never with a hard-coded device.
 from __future__ import annotations
 
 import functools
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -69,6 +70,29 @@ def axis_neighbours(out: int, n: int, device: torch.device | None = None) -> tup
     values `neighbour_grid` computes per query, for H + W rather than H·W coordinates."""
     index, rel = _axis_neighbours(pixel_centres(out, device)[None], n)
     return index[0], rel[0]
+
+
+@dataclass(frozen=True)
+class GridAxes:
+    """The local ensemble of a whole output grid, axis by axis (`axis_neighbours`): each output
+    row's two LR rows and offsets, each output column's two LR columns and offsets."""
+
+    rows: torch.Tensor  # (2, H) LR row above / below each output row
+    row_rel: torch.Tensor  # (2, H) the output row's offset from them (one pixel = 2)
+    cols: torch.Tensor  # (2, W)
+    col_rel: torch.Tensor  # (2, W)
+
+    @classmethod
+    def of(cls, out_size: tuple[int, int], grid_size: tuple[int, int], device=None) -> GridAxes:
+        rows, row_rel = axis_neighbours(out_size[0], grid_size[0], device)
+        cols, col_rel = axis_neighbours(out_size[1], grid_size[1], device)
+        return cls(rows, row_rel, cols, col_rel)
+
+    def band(self, out_width: int, start: int, stop: int) -> tuple[int, int]:
+        """LR rows [lo, hi) that the row-major output pixels [start, stop) have as neighbours
+        (`band_rows` of their neighbour indices)."""
+        lines = self.rows[:, start // out_width : (stop - 1) // out_width + 1]
+        return int(lines.min()), int(lines.max()) + 1
 
 
 def neighbour_grid(

@@ -24,7 +24,8 @@ from functools import cache
 
 import numpy as np
 import torch
-from torch.utils._python_dispatch import is_in_torch_dispatch_mode
+
+from models.loop_pool import can_run
 
 BLOCK = 4  # the outer product's register block: 16 accumulators
 
@@ -129,12 +130,7 @@ def _kernel():
 
 def fusable(x: torch.Tensor, weight: torch.Tensor) -> bool:
     """Whether the loop can stand in for the torch ops without anyone missing them."""
-    return (
-        x.device.type == "cpu"
-        and x.dtype == weight.dtype == torch.float32
-        and not (torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad))
-        and not is_in_torch_dispatch_mode()
-    )
+    return can_run(x, weight)
 
 
 def head_sums(

@@ -27,6 +27,7 @@ from torch import nn
 from models.base import DEFAULT_MAX_QUERIES, ScalableSR, model_range
 from models.encoder import EDSREncoder
 from models.implicit import (
+    GridAxes,
     axis_neighbours,
     band_rows,
     chunked_band_pixels,
@@ -36,7 +37,7 @@ from models.implicit import (
     relative_cell,
 )
 from models.mlp import MLP
-from models.pair_kernel import GridAxes, decode_grid, decode_pairs, decode_queries, fusable
+from models.pair_kernel import decode_grid, decode_pairs, decode_queries, fusable
 from models.registry import register
 from models.tiers import Tier
 
@@ -288,14 +289,11 @@ class MoEISR(ScalableSR):
         if not fusable(expert, weight, state.feat, lr):
             return super().decode_image(state, lr, size, knob, chunk)
         (b, _, h, w), (out_h, out_w) = state.feat.shape, size
-        rows, row_rel = axis_neighbours(out_h, h, lr.device)
-        cols, col_rel = axis_neighbours(out_w, w, lr.device)
-        axes = GridAxes(rows, row_rel, cols, col_rel)
+        axes = GridAxes.of(size, (h, w), lr.device)
         out = torch.empty(b, 3, out_h * out_w, device=lr.device)
         for start in range(0, out_h * out_w, chunk):
             stop = min(out_h * out_w, start + chunk)
-            lines = rows[:, start // out_w : (stop - 1) // out_w + 1]  # the chunk's output rows
-            band = (int(lines.min()), int(lines.max()) + 1)
+            band = axes.band(out_w, start, stop)
             table = self.band_table(state, band, size)[0]
             decode_grid(expert, table, band, axes, lr, weight, out, (start, stop))
         return out.view(b, 3, out_h, out_w)

@@ -21,17 +21,13 @@ mode (the FLOP counter in the tests, tracers), which must see every product the 
 
 from __future__ import annotations
 
-import os
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from functools import cache
-from itertools import count
 
 import numpy as np
 import torch
-from torch.utils._python_dispatch import is_in_torch_dispatch_mode
 
-from models.implicit import mix_neighbours
+from models.implicit import GridAxes, mix_neighbours
+from models.loop_pool import can_run, run_blocks
 from models.mlp import MLP
 
 # (query, neighbour) pairs per tile of a deep decoder's layers: its 256-wide hidden activations
@@ -46,7 +42,7 @@ POS_COLUMNS, OUT_CHANNELS = 2, 3
 @cache
 def _kernels():
     """The fused loops, compiled on first use (about 2 s for the three, numba's import included)
-    rather than at import, all at once for the C-contiguous float32/int64 arrays `_run` passes:
+    rather than at import, all at once for the C-contiguous float32/int64 arrays `run_blocks` passes:
     a service's warm-up compiles them, whichever routing its small image gets, not its first
     request."""
     from numba import njit, types
@@ -177,17 +173,6 @@ def _kernels():
     return pairs, queries, grid
 
 
-@cache
-def _pool() -> ThreadPoolExecutor:
-    """Worker threads for the fused loops, which release the GIL; shared by concurrent requests."""
-    return ThreadPoolExecutor(max_workers=os.cpu_count() or 1, thread_name_prefix="pair-kernel")
-
-
-# A forked child has none of the parent's threads, yet the pool would count them as its own and
-# start none: the child's first fused call would wait forever. It gets a pool of its own.
-os.register_at_fork(after_in_child=_pool.cache_clear)
-
-
 def fusable(decoder: MLP, pos_weight: torch.Tensor, *tensors: torch.Tensor) -> bool:
     """Whether the fused loops can stand in for the torch ops on these inputs without anyone
     missing them; pos_weight: the first layer's weights (hidden, k) on the offset columns."""
@@ -197,9 +182,7 @@ def fusable(decoder: MLP, pos_weight: torch.Tensor, *tensors: torch.Tensor) -> b
         and isinstance(decoder.net[1], torch.nn.ReLU)
         and pos_weight.shape[1] == POS_COLUMNS
         and decoder.net[2].out_features == OUT_CHANNELS
-        and all(t.device.type == "cpu" and t.dtype == torch.float32 for t in tensors)
-        and not (torch.is_grad_enabled() and any(t.requires_grad for t in tensors))
-        and not is_in_torch_dispatch_mode()
+        and can_run(*tensors)
     )
 
 
@@ -213,7 +196,8 @@ def decode_pairs(
     """
     if fusable(decoder, pos_weight, table, pos):
         out = np.empty((rows.shape[0], OUT_CHANNELS), np.float32)
-        _run(_kernels()[0], rows.shape[0], [*_arrays(table, rows, pos), *_weights(decoder, pos_weight), out])
+        args = [*_arrays(table, rows, pos), *_weights(decoder, pos_weight), out]
+        run_blocks(_kernels()[0], rows.shape[0], args, PAIR_BLOCK)
         return torch.from_numpy(out)
     y = pos.new_empty(pos.shape[0], decoder.net[-1].out_features)
     pos_t = pos_weight.t()
@@ -244,21 +228,10 @@ def decode_queries(
         b, _, q = rows.shape
         out = np.empty((b, q, OUT_CHANNELS), np.float32)
         args = [*_arrays(table, rows, rel, weight), *_weights(decoder, pos_weight), out]
-        _run(_kernels()[1], b * q, args)
+        run_blocks(_kernels()[1], b * q, args, PAIR_BLOCK)
         return torch.from_numpy(out)
     y = decode_pairs(decoder, table, rows.reshape(-1), rel.reshape(-1, rel.shape[-1]), pos_weight)
     return mix_neighbours(y.view(*rows.shape, -1), weight)
-
-
-@dataclass(frozen=True)
-class GridAxes:
-    """The local ensemble of a whole output grid, axis by axis (`models.implicit.axis_neighbours`):
-    each output row's two LR rows and offsets, each output column's two LR columns and offsets."""
-
-    rows: torch.Tensor  # (2, H) LR row above / below each output row
-    row_rel: torch.Tensor  # (2, H) the output row's offset from them (one pixel = 2)
-    cols: torch.Tensor  # (2, W)
-    col_rel: torch.Tensor  # (2, W)
 
 
 def decode_grid(
@@ -285,7 +258,7 @@ def decode_grid(
     (lo, hi), (b, w) = band, (image.shape[0], image.shape[3])
     arrays = _arrays(table, axes.rows, axes.row_rel, axes.cols, axes.col_rel, image)
     args = [*arrays, *_weights(decoder, pos_weight), out.numpy(), start, stop - start, lo, (hi - lo) * w]
-    _run(_kernels()[2], b * (stop - start), args)
+    run_blocks(_kernels()[2], b * (stop - start), args, PAIR_BLOCK)
 
 
 def _weights(decoder: MLP, pos_weight: torch.Tensor) -> list[np.ndarray]:
@@ -296,24 +269,3 @@ def _weights(decoder: MLP, pos_weight: torch.Tensor) -> list[np.ndarray]:
 
 def _arrays(*tensors: torch.Tensor) -> list[np.ndarray]:
     return [t.detach().contiguous().numpy() for t in tensors]
-
-
-def _run(kernel, n: int, args: list) -> None:
-    """`kernel(*args, start, stop)` over items [0, n) in blocks that the calling thread and up to
-    torch's thread count − 1 pool threads take in turn.
-
-    Blocks taken in turn, not one equal share per thread: right after the preceding torch ops,
-    OpenMP's idle workers spin for several milliseconds on the same cores, and a thread that
-    shares its core with one finishes fewer blocks instead of holding up the others.
-    """
-    blocks = count()  # next() on it is atomic under the GIL: each block goes to one thread
-
-    def take_blocks() -> None:
-        while (start := next(blocks) * PAIR_BLOCK) < n:
-            kernel(*args, start, min(n, start + PAIR_BLOCK))
-
-    threads = min(torch.get_num_threads(), -(-n // PAIR_BLOCK))
-    helpers = [_pool().submit(take_blocks) for _ in range(threads - 1)]
-    take_blocks()
-    for helper in helpers:
-        helper.result()
