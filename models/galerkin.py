@@ -20,6 +20,7 @@ from models import kv_stats
 from models.base import DEFAULT_MAX_QUERIES, ScalableSR
 from models.encoder import EDSREncoder
 from models.implicit import (
+    GridAxes,
     band_rows,
     bilinear_at,
     chunked_band_pixels,
@@ -27,6 +28,8 @@ from models.implicit import (
     neighbour_grid,
     relative_cell,
 )
+from models.lift_grid import lift_span
+from models.loop_pool import can_run
 from models.mlp import thin_linear
 from models.widths import Axis, narrow
 
@@ -148,8 +151,10 @@ class GalerkinDecoder(nn.Module):
         """The same layers regrouped for fast decoding; the maths is unchanged.
 
         * lift: the neighbour-feature columns are split off, to be applied once per LR pixel
-          (`lift_queries`), and the offset and cell columns kept together with the bias for the
-          per-query product;
+          (`lift_queries`). The 8 offset columns take only four distinct values per query (each
+          neighbour's (dy, dx) pairs one of two row offsets with one of two column offsets), so
+          they merge into 4 columns: the two neighbours that share an offset share its column;
+          the cell columns and bias make one vector per image (`lift_position`);
         * q is separated from k/v, and the k/v rows are centred within each head, which is the
           mean subtraction of their layer norm done once on the weights instead of per query.
         """
@@ -159,8 +164,13 @@ class GalerkinDecoder(nn.Module):
         out: Weights = {
             # (4d, C): row block k projects neighbour k's feature (its columns 8+kC … 8+(k+1)C).
             "lift.feat": lw[:, 8 : 8 + c].reshape(d, 4, c // 4).transpose(0, 1).reshape(4 * d, c // 4),
-            # offsets (8), cell (2), then the bias, multiplied by a column of ones
-            "lift.pos": torch.cat([lw[:, :8], lw[:, 8 + c :], raw["lift.b"][:, None]], 1),
+            # Offset columns 2k, 2k+1 are neighbour k's (dy, dx); neighbours 0, 1 lie on the row
+            # above, 2, 3 on the row below, 0, 2 in the left column, 1, 3 in the right one.
+            "lift.pos": torch.stack(
+                [lw[:, 0] + lw[:, 2], lw[:, 1] + lw[:, 5], lw[:, 4] + lw[:, 6], lw[:, 3] + lw[:, 7]], 1
+            ),  # (d, 4): the row offset above, column offset left, row below, column right
+            "lift.cell": lw[:, 8 + c :],
+            "lift.b": raw["lift.b"],
         }
         out.update({k: raw[k] for k in ("fc1.w", "fc1.b", "fc2.w", "fc2.b")})
         for i in range(self.blocks):
@@ -179,6 +189,23 @@ class GalerkinDecoder(nn.Module):
 
     # ---- the layers, as functions of narrowed weights ------------------------------------------
     @staticmethod
+    def lift_table(p: Weights, feat: torch.Tensor, band: tuple[int, int]) -> torch.Tensor:
+        """The lift's neighbour-feature products of every pixel of LR rows band = [lo, hi) of
+        every image, one per neighbour slot: (B·P·4, d), row (image, pixel, slot)."""
+        lo, hi = band
+        pixels = feat[:, :, lo:hi].flatten(2).transpose(1, 2)  # (B, P, C)
+        return F.linear(pixels, p["lift.feat"]).reshape(-1, p["lift.pos"].shape[0])
+
+    @staticmethod
+    def lift_position(p: Weights, out_size: tuple[int, int], grid: tuple[int, int], device) -> torch.Tensor:
+        """The lift's weights (d, 5) on a query's [row offset above, column offset left, row below,
+        column right, 1]: the last column is this image's cell product plus the bias, made
+        elementwise once per image."""
+        cell = relative_cell(out_size, grid, 1, device)[0]
+        const = p["lift.b"] + p["lift.cell"][:, 0] * cell[0] + p["lift.cell"][:, 1] * cell[1]
+        return torch.cat([p["lift.pos"], const[:, None]], 1)
+
+    @staticmethod
     def lift_queries(
         p: Weights, feat: torch.Tensor, coord: torch.Tensor, out_size: tuple[int, int]
     ) -> torch.Tensor:
@@ -195,17 +222,16 @@ class GalerkinDecoder(nn.Module):
         d = p["lift.pos"].shape[0]
         index, rel, weight = neighbour_grid(coord, (h, w))  # (B, 4, Q), (B, 4, Q, 2), (B, 4, Q)
         lo, hi = band_rows(index, w)
-        band = feat[:, :, lo:hi].flatten(2).transpose(1, 2)  # (B, P, C)
-        table = F.linear(band, p["lift.feat"]).reshape(-1, d)  # row (b, pixel, neighbour slot)
-        first = (torch.arange(b, device=coord.device) * (band.shape[1] * 4))[:, None, None] - lo * w * 4
+        table = GalerkinDecoder.lift_table(p, feat, (lo, hi))
+        first = (torch.arange(b, device=coord.device) * ((hi - lo) * w * 4))[:, None, None] - lo * w * 4
         slot = torch.arange(4, device=coord.device)[:, None]
         rows = (first + index * 4 + slot).transpose(1, 2).reshape(-1, 4)  # (B·Q, 4)
         weights = weight.transpose(1, 2).reshape(-1, 4)
         x = F.embedding_bag(rows, table, per_sample_weights=weights, mode="sum")
-        cell = relative_cell(out_size, (h, w), b, coord.device)[:, None, :].expand(-1, q, -1)
-        offsets = rel.permute(0, 2, 1, 3).reshape(b, q, 8)  # each neighbour's (dy, dx) in turn
-        pos = torch.cat([offsets, cell, coord.new_ones(b, q, 1)], -1).view(-1, 11)
-        pos_t = p["lift.pos"].t()
+        # Neighbour 0 holds the row offset above and column offset left, neighbour 3 the others.
+        offsets = torch.stack([rel[:, 0, :, 0], rel[:, 0, :, 1], rel[:, 3, :, 0], rel[:, 3, :, 1]], -1)
+        pos = torch.cat([offsets, coord.new_ones(b, q, 1)], -1).view(-1, 5)
+        pos_t = GalerkinDecoder.lift_position(p, out_size, (h, w), coord.device).t()
         x = x.addmm_(pos, pos_t) if not torch.is_grad_enabled() else torch.addmm(x, pos, pos_t)
         return x.view(b, q, d)
 
@@ -327,7 +353,7 @@ class GalerkinDecoder(nn.Module):
         d, heads = widths.trunk, self.heads
         c = (self.lift.in_features - 10) // 4
         total_q = out_size[0] * out_size[1]
-        pos = 11 * d  # offsets, cell and the bias's column of ones
+        pos = 5 * d  # 4 merged offset columns, and the cell and bias's column of ones
         head = d * self.fc1.out_features + self.fc1.out_features * 3
         kv, run, maps = [], [], 0
         for i in range(self.blocks):
@@ -421,9 +447,17 @@ class GalerkinSR(ScalableSR):
         out = torch.empty(b, total, 3, device=lr.device)
         attention: list[tuple[torch.Tensor, torch.Tensor]] = []
 
+        grid = state.feat.shape[-2:]
+        axes = GridAxes.of(size, grid, lr.device) if can_run(state.feat, p["lift.pos"]) else None
+        position = dec.lift_position(p, size, grid, lr.device)
+
         def lifted(start: int, stop: int) -> tuple[torch.Tensor, torch.Tensor]:
             coord = flat_coords(size, start, stop, lr.device).expand(b, -1, -1)
-            return dec.lift_queries(p, state.feat, coord, size), coord
+            if axes is None:
+                return dec.lift_queries(p, state.feat, coord, size), coord
+            band = axes.band(size[1], start, stop)
+            table = dec.lift_table(p, state.feat, band)
+            return lift_span(table, band, axes, position, b, grid[1], (start, stop)), coord
 
         def tiles(n: int) -> list[tuple[int, int]]:
             return [(s, min(n, s + QUERY_TILE)) for s in range(0, n, QUERY_TILE)]

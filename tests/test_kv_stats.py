@@ -57,7 +57,7 @@ def test_torch_ops_run_where_they_must_be_seen() -> None:
 @pytest.mark.parametrize("method", ["ssrno", "anysr"])
 def test_galerkin_tiers_decode_alike_with_the_loop_and_as_torch_ops(method, lr_image) -> None:
     """Whole-model check, one chunk and several: the FLOP counter's dispatch mode sends every
-    tile's statistics through the torch ops."""
+    tile's statistics, and every chunk's lift (`models.lift_grid`), through the torch ops."""
     torch.manual_seed(5)
     model = registry.build(method).eval()
     for tier in model.tiers():
