@@ -156,7 +156,11 @@ class GalerkinDecoder(nn.Module):
           they merge into 4 columns: the two neighbours that share an offset share its column;
           the cell columns and bias make one vector per image (`lift_position`);
         * q is separated from k/v, and the k/v rows are centred within each head, which is the
-          mean subtraction of their layer norm done once on the weights instead of per query.
+          mean subtraction of their layer norm done once on the weights instead of per query;
+        * the FFN output biases leave the residual stream: each block adds x + FFN(…) without
+          one, and the sum of the biases so far (`shift{i}`, constant) enters the layers that
+          read the stream instead, folded into their biases (k/v and the head here, the map into
+          the FFN's hidden layer per image, `attention_map`): one pass less per block and tile.
         """
         c = self.lift.in_features - 10  # 4 neighbours × feature channels
         lw = raw["lift.w"]
@@ -172,7 +176,8 @@ class GalerkinDecoder(nn.Module):
             "lift.cell": lw[:, 8 + c :],
             "lift.b": raw["lift.b"],
         }
-        out.update({k: raw[k] for k in ("fc1.w", "fc1.b", "fc2.w", "fc2.b")})
+        out.update({k: raw[k] for k in ("fc1.w", "fc2.w", "fc2.b")})
+        shift = torch.zeros_like(raw["lift.b"])  # Σ of the FFN output biases left out so far
         for i in range(self.blocks):
             qkv_w, qkv_b = raw[f"qkv{i}.w"], raw[f"qkv{i}.b"]
             a = qkv_w.shape[0] // 3
@@ -180,11 +185,17 @@ class GalerkinDecoder(nn.Module):
             kv_b = qkv_b[a:].reshape(2 * self.heads, a // self.heads)
             out[f"q{i}.w"], out[f"q{i}.b"] = qkv_w[:a], qkv_b[:a]
             out[f"kv{i}.w"] = (kv_w - kv_w.mean(1, keepdim=True)).reshape(2 * a, -1)
-            out[f"kv{i}.b"] = (kv_b - kv_b.mean(1, keepdim=True)).reshape(2 * a)
+            # Centred rows map the shift to per-head centred values: the bias stays centred.
+            out[f"kv{i}.b"] = (kv_b - kv_b.mean(1, keepdim=True)).reshape(2 * a) + out[f"kv{i}.w"] @ shift
             out[f"kv{i}.g"] = torch.cat([raw[f"kg{i}"], raw[f"vg{i}"]])
             out[f"kv{i}.beta"] = torch.cat([raw[f"kb{i}"], raw[f"vb{i}"]])
-            for k in ("core", "ffn1", "ffn2"):
+            for k in ("core", "ffn1"):
                 out[f"{k}{i}.w"], out[f"{k}{i}.b"] = raw[f"{k}{i}.w"], raw[f"{k}{i}.b"]
+            out[f"ffn2{i}.w"] = raw[f"ffn2{i}.w"]
+            if i:
+                out[f"shift{i}"] = shift
+            shift = shift + raw[f"ffn2{i}.b"]
+        out["fc1.b"] = raw["fc1.b"] + raw["fc1.w"] @ shift
         return out
 
     # ---- the layers, as functions of narrowed weights ------------------------------------------
@@ -308,24 +319,27 @@ class GalerkinDecoder(nn.Module):
             p[f"core{i}.b"],
         )  # (B, d)
         w1, b1 = p[f"ffn1{i}.w"], p[f"ffn1{i}.b"]
-        return m @ w1.t(), F.linear(c, w1, b1)  # (B, d, f), (B, f)
+        m, c = m @ w1.t(), F.linear(c, w1, b1)  # (B, d, f), (B, f)
+        if f"shift{i}" in p:  # the stream's left-out biases, through the whole map
+            c = c + torch.einsum("d,bdf->bf", p[f"shift{i}"], m)
+        return m, c
 
     def block(
         self, p: Weights, i: int, x: torch.Tensor, attn: tuple[torch.Tensor, torch.Tensor]
     ) -> torch.Tensor:
-        """One Galerkin block given its map into the FFN's hidden layer (`attention_map`)."""
+        """One Galerkin block given its map into the FFN's hidden layer (`attention_map`).
+
+        At inference x is updated in place and returned: the FFN's output product accumulates
+        onto it (its bias is folded into the layers that read the stream, `rearranged`), so a
+        block makes no copy of the stream and no pass to add a bias.
+        """
         m, c = attn
         if torch.is_grad_enabled():
-            return x + F.linear(F.gelu(c[:, None] + x @ m), p[f"ffn2{i}.w"], p[f"ffn2{i}.b"])
-        # Inference, same maths in fewer passes over the activations: the FFN's hidden layer
-        # takes its GELU in place, and its output product accumulates onto x + bias.
+            return x + F.linear(F.gelu(c[:, None] + x @ m), p[f"ffn2{i}.w"])
         hidden = torch.ops.aten.gelu_(torch.baddbmm(c[:, None, :], x, m))
-        out = x + p[f"ffn2{i}.b"]
-        return (
-            out.view(-1, out.shape[-1])
-            .addmm_(hidden.view(-1, hidden.shape[-1]), p[f"ffn2{i}.w"].t())
-            .view_as(out)
-        )
+        # out=x rather than baddbmm_: the same product in place, and one that dispatch modes such
+        # as the FLOP counter know (they list aten.baddbmm, not its in-place twin).
+        return torch.baddbmm(x, hidden, p[f"ffn2{i}.w"].t().expand(x.shape[0], -1, -1), out=x)
 
     def head(self, p: Weights, x: torch.Tensor) -> torch.Tensor:
         hidden = F.linear(x, p["fc1.w"], p["fc1.b"])
@@ -333,7 +347,9 @@ class GalerkinDecoder(nn.Module):
         return thin_linear(hidden, p["fc2.w"], p["fc2.b"])
 
     def run(self, p: Weights, x: torch.Tensor) -> torch.Tensor:
-        """Single pass over all lifted queries at once (training, or images that fit in one chunk)."""
+        """Single pass over all lifted queries at once (training); x is left as it was."""
+        if not torch.is_grad_enabled():
+            x = x.clone()  # inference blocks update their input in place
         for i in range(self.blocks):
             x = self.block(p, i, x, self.attention_map(p, i, self.kv_mean(p, i, self.kv_sum(p, i, x))))
         return self.head(p, x)
@@ -361,8 +377,10 @@ class GalerkinDecoder(nn.Module):
             # k/v product, Σ r_k r_v k̃ᵀṽ per head, the two sums Σ r·k̃ and Σ r·ṽ.
             kv.append(d * 2 * a + a * (a // heads) + 2 * a)
             run.append(2 * d * f)  # the map into the FFN's hidden layer, and its output layer
-            # Per image: attention map (q·kᵀv, core projection, their biases), composed with ffn1.
+            # Per image: attention map (q·kᵀv, core projection, their biases), composed with
+            # ffn1, and after the first block the left-out FFN biases through it (`shift{i}`).
             maps += d * a * (a // heads) + a * d * d + a * (a // heads) + a * d + d * d * f + d * f
+            maps += d * f if i else 0
         band = chunked_band_pixels(out_size, lr_size, chunk)
         lift = band * c * 4 * d + total_q * pos
         if total_q <= chunk:
@@ -470,9 +488,8 @@ class GalerkinSR(ScalableSR):
                 attention.append(dec.attention_map(p, i, dec.kv_mean(p, i, kv)))
                 kv = 0
                 for s, e in tiles(total):
-                    y = dec.block(p, i, x[:, s:e], attention[i])
+                    y = dec.block(p, i, x[:, s:e], attention[i])  # in place: x holds y
                     if i + 1 < dec.blocks:
-                        x[:, s:e] = y
                         kv = kv + dec.kv_sum(p, i + 1, y)
                     else:
                         out[:, s:e] = dec.head(p, y)
@@ -482,7 +499,7 @@ class GalerkinSR(ScalableSR):
         chunks = [(start, min(total, start + chunk)) for start in range(0, total, chunk)]
 
         def through(x: torch.Tensor, depth: int):
-            """Each tile of a chunk's lifted queries after blocks < depth."""
+            """Each tile of a chunk's lifted queries after blocks < depth (in place in x)."""
             for s, e in tiles(x.shape[1]):
                 y = x[:, s:e]
                 for i in range(depth):
