@@ -8,7 +8,7 @@ import torch
 
 from models.galerkin import GalerkinDecoder
 from models.implicit import GridAxes, flat_coords, gather_pixels, neighbour_grid, relative_cell
-from models.lift_grid import QUERY_BLOCK, lift_span
+from models.lift_grid import lift_span
 
 FEATURES, WIDTH = 8, 32
 
