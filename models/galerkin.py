@@ -458,7 +458,9 @@ class GalerkinSR(ScalableSR):
         storing them, so peak memory depends on the chunk, not on the output size (at most
         blocks+1 passes); a single chunk is lifted once and carried from block to block. Within
         a chunk the per-query layers run `QUERY_TILE` queries at a time, so that their widest
-        activations stay in cache between one layer and the next.
+        activations stay in cache between one layer and the next. On CPU at inference a chunk
+        is lifted by one compiled loop over its output rows (`models.lift_grid`), the same
+        values as `lift_queries`.
         """
         p, dec = state.weights, self.decoder
         b, total = lr.shape[0], size[0] * size[1]

@@ -107,8 +107,8 @@ class InProcessQueue(JobQueue):
             raise queue_full(len(self._pending), await self.stats())
         if not self._make_room(len(data), records=1):
             raise Unavailable(
-                "the in-process job store is full of results not yet collected "
-                "(ELASTICSR_MAX_STORED_BYTES, or the record cap); try again when they are",
+                "the in-process job store (ELASTICSR_MAX_STORED_BYTES, and its record cap) is "
+                "full of queued jobs and results not yet collected; try again later",
                 code="overloaded",
                 reason="queue_full",
                 retry_after_s=max(1.0, (await self.stats()).backlog_seconds),
