@@ -38,6 +38,10 @@ LAYER_NORM_EPS = 1e-5  # F.layer_norm's default, which the weights were trained 
 # Queries per tile of the per-query layers at inference: a tile's 256-wide activations (4 MiB)
 # stay in cache from one layer to the next; whole chunks (65,536+ queries) spilled to memory.
 QUERY_TILE = 4096
+# Lifted queries are made in pieces of at most this many bytes per image (`lift_piece`): glibc
+# maps every block over 32 MiB afresh and unmaps it when freed, so a chunk lifted whole at
+# d ≥ 128 faulted in its pages on every call (SSRNO M ×2 at 128²: 16,000 faults per decode).
+LIFT_PIECE_BYTES = 16 * 2**20
 
 
 @dataclass(frozen=True)
@@ -361,10 +365,10 @@ class GalerkinDecoder(nn.Module):
         """MACs of decoding one image in chunks of `chunk` queries (`GalerkinSR.decode_image`).
 
         Per query: the offset/cell product, each block's k/v, kᵀv, its map into the FFN's hidden
-        layer and the FFN's output layer, the head. Per chunk and pass: the lift product over
-        the band of LR rows. Per image: each block's map (`attention_map`). Several chunks mean
-        blocks+1 passes, where pass i re-lifts and re-runs blocks < i before accumulating block
-        i's kᵀv.
+        layer and the FFN's output layer, the head. Per piece of lifted queries (`lift_piece`)
+        and pass: the lift product over the band of LR rows. Per image: each block's map
+        (`attention_map`). Several chunks mean blocks+1 passes, where pass i re-lifts and
+        re-runs blocks < i before accumulating block i's kᵀv.
         """
         d, heads = widths.trunk, self.heads
         c = (self.lift.in_features - 10) // 4
@@ -381,13 +385,18 @@ class GalerkinDecoder(nn.Module):
             # ffn1, and after the first block the left-out FFN biases through it (`shift{i}`).
             maps += d * a * (a // heads) + a * d * d + a * (a // heads) + a * d + d * d * f + d * f
             maps += d * f if i else 0
-        band = chunked_band_pixels(out_size, lr_size, chunk)
+        band = chunked_band_pixels(out_size, lr_size, self.lift_piece(d))
         lift = band * c * 4 * d + total_q * pos
         if total_q <= chunk:
             return lift + total_q * (sum(kv) + sum(run) + head) + maps
         passes = lift * (self.blocks + 1)
         per_query = sum(kv[i] + sum(run[:i]) for i in range(self.blocks)) + sum(run) + head
         return passes + total_q * per_query + maps
+
+    @staticmethod
+    def lift_piece(trunk: int) -> int:
+        """Queries per piece of lifted queries at this trunk width (whole tiles)."""
+        return max(QUERY_TILE, LIFT_PIECE_BYTES // (4 * trunk) // QUERY_TILE * QUERY_TILE)
 
     def params_used(self, widths: DecoderWidths) -> int:
         d = widths.trunk
@@ -442,10 +451,10 @@ class GalerkinSR(ScalableSR):
     def chunk_queries(self, knob: Any, budget: int, out_size: tuple[int, int]) -> int:
         """Queries per chunk for this knob, `budget` being counted at the full decoder width.
 
-        A chunk's memory is its lifted queries, trunk-width floats each, so a narrow tier holds
-        proportionally more queries in the same bytes. That matters because one chunk needs one
-        pass, where several chunks need blocks+1 (`decode_image`): at 128² → 512² the XS tier runs
-        about a fifth faster in one chunk of 262,144 queries than in four of 65,536.
+        A single-pass chunk holds its lifted queries, trunk-width floats each, so a narrow tier
+        holds proportionally more queries in the same bytes. That matters because one chunk
+        needs one pass, where larger images need blocks+1 (`decode_image`): at 128² → 512² the XS
+        tier runs about a fifth faster in one chunk of 262,144 queries than in four of 65,536.
         """
         return budget * self.decoder.width // self.decoder_widths(knob).trunk
 
@@ -454,13 +463,17 @@ class GalerkinSR(ScalableSR):
     ) -> torch.Tensor:
         """Exact chunked decoding: one pass per attention block accumulates its global Σkᵀv.
 
-        With several chunks, later passes recompute earlier layers chunk by chunk instead of
-        storing them, so peak memory depends on the chunk, not on the output size (at most
-        blocks+1 passes); a single chunk is lifted once and carried from block to block. Within
-        a chunk the per-query layers run `QUERY_TILE` queries at a time, so that their widest
-        activations stay in cache between one layer and the next. On CPU at inference a chunk
-        is lifted by one compiled loop over its output rows (`models.lift_grid`), the same
-        values as `lift_queries`.
+        An image that fits one chunk is lifted once and carried from block to block. A larger
+        one takes blocks+1 passes, each recomputing the earlier layers instead of storing them,
+        so peak memory depends on the chunk, not on the output size. Queries are lifted in
+        pieces of at most `LIFT_PIECE_BYTES` per image (`lift_piece`; in the passes, one piece
+        alive at a time): a chunk lifted whole at d ≥ 128 went through blocks over glibc's
+        32 MiB mmap ceiling, whose pages were faulted in afresh on every call, and pieces took
+        SSRNO M ×2 and AnySR w0.5 ×2 to 0.86–0.89 of their decoder time, L ×4 0.85, X ×2
+        0.90–0.94 (128², 2 threads, three alternating runs). Within a piece the per-query layers
+        run `QUERY_TILE` queries at a time, so that their widest activations stay in cache
+        between one layer and the next. On CPU at inference a piece is lifted by one compiled
+        loop over its output rows (`models.lift_grid`), the same values as `lift_queries`.
         """
         p, dec = state.weights, self.decoder
         b, total = lr.shape[0], size[0] * size[1]
@@ -482,40 +495,44 @@ class GalerkinSR(ScalableSR):
         def tiles(n: int) -> list[tuple[int, int]]:
             return [(s, min(n, s + QUERY_TILE)) for s in range(0, n, QUERY_TILE)]
 
+        piece = dec.lift_piece(p["lift.pos"].shape[0])
+        pieces = [(start, min(total, start + piece)) for start in range(0, total, piece)]
+
         # Σkᵀv is summed tile by tile as the tiles go: never a list that grows with the output.
         if total <= chunk:
-            x, coord = lifted(0, total)
-            kv = sum(dec.kv_sum(p, 0, x[:, s:e]) for s, e in tiles(total))
+            lifted_pieces = [(start, *lifted(start, stop)) for start, stop in pieces]
+            kv = sum(dec.kv_sum(p, 0, x[:, s:e]) for _, x, _ in lifted_pieces for s, e in tiles(x.shape[1]))
             for i in range(dec.blocks):
                 attention.append(dec.attention_map(p, i, dec.kv_mean(p, i, kv)))
                 kv = 0
-                for s, e in tiles(total):
-                    y = dec.block(p, i, x[:, s:e], attention[i])  # in place: x holds y
-                    if i + 1 < dec.blocks:
-                        kv = kv + dec.kv_sum(p, i + 1, y)
-                    else:
-                        out[:, s:e] = dec.head(p, y)
-            out += bilinear_at(lr, coord)
+                for start, x, _ in lifted_pieces:
+                    for s, e in tiles(x.shape[1]):
+                        y = dec.block(p, i, x[:, s:e], attention[i])  # in place: x holds y
+                        if i + 1 < dec.blocks:
+                            kv = kv + dec.kv_sum(p, i + 1, y)
+                        else:
+                            out[:, start + s : start + e] = dec.head(p, y)
+            for start, x, coord in lifted_pieces:
+                out[:, start : start + x.shape[1]] += bilinear_at(lr, coord)
             return out.transpose(1, 2).reshape(b, 3, *size)
 
-        chunks = [(start, min(total, start + chunk)) for start in range(0, total, chunk)]
-
         def through(x: torch.Tensor, depth: int):
-            """Each tile of a chunk's lifted queries after blocks < depth (in place in x)."""
+            """Each tile of a piece's lifted queries after blocks < depth (in place in x)."""
             for s, e in tiles(x.shape[1]):
                 y = x[:, s:e]
                 for i in range(depth):
                     y = dec.block(p, i, y, attention[i])
                 yield s, e, y
 
+        # Several passes: each lifts the image piece by piece, one piece alive at a time.
         for i in range(dec.blocks):
             kv = sum(
                 dec.kv_sum(p, i, y)
-                for start, stop in chunks
+                for start, stop in pieces
                 for _, _, y in through(lifted(start, stop)[0], i)
             )
             attention.append(dec.attention_map(p, i, dec.kv_mean(p, i, kv)))
-        for start, stop in chunks:
+        for start, stop in pieces:
             x, coord = lifted(start, stop)
             for s, e, y in through(x, dec.blocks):
                 out[:, start + s : start + e] = dec.head(p, y)

@@ -370,3 +370,25 @@ def test_models_built_inside_inference_mode_serve(lr_image) -> None:
         out = model.upscale(lr_image, (30, 41), tier)
     assert out.shape[-2:] == (30, 41)
     assert all(not p.is_inference() for p in model.parameters())
+
+
+@pytest.mark.parametrize("name", ["ssrno", "anysr"])
+@pytest.mark.parametrize("max_queries", [10**6, 2000])
+def test_galerkin_pieces_of_lifted_queries_change_neither_output_nor_mac_count(
+    built_models, lr_image, name, max_queries, monkeypatch
+) -> None:
+    """Lifted queries made in pieces (`LIFT_PIECE_BYTES`), here of one tile each, in one pass
+    and in several: the output of pieces as large as the image, and the counted MACs."""
+    from models import galerkin
+
+    model = built_models[name]
+    size = (97, 130)  # ×8.8 by ×9.3: three and more tiles
+    tier = model.tiers()[0]
+    whole = model.upscale(lr_image, size, tier, max_queries=max_queries)
+    monkeypatch.setattr(galerkin, "LIFT_PIECE_BYTES", 1)  # one tile per piece
+    assert model.decoder.lift_piece(model.decoder_widths(tier.knob).trunk) == galerkin.QUERY_TILE
+    torch.testing.assert_close(model.upscale(lr_image, size, tier, max_queries=max_queries), whole)
+    with counting() as counter:
+        model.upscale(lr_image, size, tier, max_queries=max_queries)
+    expected = model.macs(tier, tuple(lr_image.shape[-2:]), size, max_queries=max_queries)
+    assert counter.get_total_flops() // 2 == expected
