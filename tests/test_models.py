@@ -392,3 +392,17 @@ def test_galerkin_pieces_of_lifted_queries_change_neither_output_nor_mac_count(
         model.upscale(lr_image, size, tier, max_queries=max_queries)
     expected = model.macs(tier, tuple(lr_image.shape[-2:]), size, max_queries=max_queries)
     assert counter.get_total_flops() // 2 == expected
+
+
+@pytest.mark.parametrize("name", METHODS)
+@pytest.mark.parametrize("max_queries", [10**6, 700])
+def test_a_batch_decodes_each_image_as_it_would_alone(built_models, lr_image, name, max_queries) -> None:
+    """Images share tiles, chunks and compiled loops in a batch (and SRNO's blocks update their
+    batch's strided tiles in place): none of that may mix one image into another."""
+    model = built_models[name]
+    other = lr_image.flip(-1).roll(5, -2)
+    size = (31, 44)
+    for tier in (model.tiers()[0], model.tiers()[-1]):
+        both = model.upscale(torch.cat([lr_image, other]), size, tier, max_queries=max_queries)
+        alone = [model.upscale(image, size, tier, max_queries=max_queries) for image in (lr_image, other)]
+        torch.testing.assert_close(both, torch.cat(alone), atol=1e-5, rtol=1e-5)
