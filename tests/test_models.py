@@ -266,16 +266,18 @@ def test_upscale_is_deterministic(built_models, lr_image) -> None:
 
 
 def test_one_model_serves_concurrent_calls_with_different_tiers(built_models, lr_image) -> None:
-    """No per-call state on modules: threads with different tiers get the sequential results."""
+    """No per-call state on modules: threads with different tiers, and output sizes (so different
+    bands and neighbour tables in the compiled loops), get the sequential results."""
     for name in ("ssrno", "clit"):
         model = built_models[name]
         tiers = model.tiers()
-        expected = {t.name: model.upscale(lr_image, (27, 35), t) for t in tiers}
+        size = {t.name: (27 + t.index, 35 + 3 * t.index) for t in tiers}
+        expected = {t.name: model.upscale(lr_image, size[t.name], t) for t in tiers}
         results: dict[str, torch.Tensor] = {}
 
-        def run(tier, model=model, results=results) -> None:
+        def run(tier, model=model, results=results, size=size) -> None:
             for _ in range(3):
-                results[tier.name] = model.upscale(lr_image, (27, 35), tier)
+                results[tier.name] = model.upscale(lr_image, size[tier.name], tier)
 
         threads = [threading.Thread(target=run, args=(t,)) for t in tiers]
         for t in threads:
