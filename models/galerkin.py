@@ -265,7 +265,7 @@ class GalerkinDecoder(nn.Module):
         weight, bias, h = p[f"kv{i}.w"], p[f"kv{i}.b"], self.heads
         two_a = weight.shape[0]
         dh = two_a // 2 // h
-        if kv_stats.fusable(x, weight):
+        if can_run(x, weight):
             return KVSums(*kv_stats.head_sums(x, weight, bias, h), n)
         bias = bias.view(1, two_a, 1).expand(b, two_a, n)
         kv = torch.baddbmm(bias, weight.expand(b, two_a, d), x.transpose(1, 2)).view(b, 2, h, dh, n)
@@ -481,8 +481,9 @@ class GalerkinSR(ScalableSR):
         attention: list[tuple[torch.Tensor, torch.Tensor]] = []
 
         grid = state.feat.shape[-2:]
-        axes = GridAxes.of(size, grid, lr.device) if can_run(state.feat, p["lift.pos"]) else None
-        position = dec.lift_position(p, size, grid, lr.device)
+        axes, position = None, None
+        if can_run(state.feat, p["lift.pos"]):  # the compiled lift: per-axis tables, weights once
+            axes, position = GridAxes.of(size, grid, lr.device), dec.lift_position(p, size, grid, lr.device)
 
         def lifted(start: int, stop: int) -> tuple[torch.Tensor, torch.Tensor]:
             coord = flat_coords(size, start, stop, lr.device).expand(b, -1, -1)

@@ -25,8 +25,6 @@ from functools import cache
 import numpy as np
 import torch
 
-from models.loop_pool import can_run
-
 BLOCK = 4  # the outer product's register block: 16 accumulators
 
 
@@ -121,16 +119,11 @@ def _kernel():
                         sv += z * rv[t]
                     ks[b, h, i] = sk
                     vs[b, h, i] = sv
-                for i0 in range(0, dhp, 4):
-                    for j0 in range(0, dhp, 4):
+                for i0 in range(0, dhp, BLOCK):
+                    for j0 in range(0, dhp, BLOCK):
                         outer_block(kw, vb, i0, j0, s[b, h])
 
     return stats
-
-
-def fusable(x: torch.Tensor, weight: torch.Tensor) -> bool:
-    """Whether the loop can stand in for the torch ops without anyone missing them."""
-    return can_run(x, weight)
 
 
 def head_sums(
@@ -139,7 +132,7 @@ def head_sums(
     """Per head, over the pixels of x (B, N, d), with [k̃; ṽ] = x·weightᵀ + bias split into heads
     (2 × heads rows of dh) and r the inverse RMS of each pixel's head row (layer norm's eps):
     Σ r_k r_v k̃ᵀṽ (B, heads, dh, dh), Σ r_k k̃ and Σ r_v ṽ (B, heads, dh). CPU, float32, no
-    autograd (see `fusable`).
+    autograd (the caller checks `loop_pool.can_run`).
     """
     b, n, d = x.shape
     dh = weight.shape[0] // 2 // heads

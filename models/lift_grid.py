@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from models.implicit import GridAxes
-from models.loop_pool import run_blocks
+from models.loop_pool import arrays, run_blocks
 
 # Queries per block handed to a thread (0.1–0.3 ms of work at d = 64…256).
 QUERY_BLOCK = 4096
@@ -110,10 +110,7 @@ def lift_span(
     # From torch's allocator: numpy advises huge pages for large arrays, and where the kernel
     # compacts memory for them on fault (defrag=madvise) SSRNO X ×4 took 1.11× the time.
     out = torch.empty(batch, count, table.shape[1])
-    arrays = [
-        t.detach().contiguous().numpy()
-        for t in (table, axes.rows, axes.row_rel, axes.cols, axes.col_rel, position.t())
-    ]
-    args = [*arrays, out.numpy(), start, count, lo, (hi - lo) * lr_width, lr_width]
+    tables = arrays(table, axes.rows, axes.row_rel, axes.cols, axes.col_rel, position.t())
+    args = [*tables, out.numpy(), start, count, lo, (hi - lo) * lr_width, lr_width]
     run_blocks(_kernel(), batch * count, args, QUERY_BLOCK)
     return out

@@ -22,6 +22,11 @@ def can_run(*tensors: torch.Tensor) -> bool:
     )
 
 
+def arrays(*tensors: torch.Tensor) -> list:
+    """The C-contiguous numpy views (or copies) the compiled loops take."""
+    return [t.detach().contiguous().numpy() for t in tensors]
+
+
 @cache
 def _pool() -> ThreadPoolExecutor:
     """Worker threads for the loops; shared by concurrent requests."""

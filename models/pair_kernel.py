@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 from models.implicit import GridAxes, mix_neighbours
-from models.loop_pool import can_run, run_blocks
+from models.loop_pool import arrays, can_run, run_blocks
 from models.mlp import MLP
 
 # (query, neighbour) pairs per tile of a deep decoder's layers: its 256-wide hidden activations
@@ -196,7 +196,7 @@ def decode_pairs(
     """
     if fusable(decoder, pos_weight, table, pos):
         out = np.empty((rows.shape[0], OUT_CHANNELS), np.float32)
-        args = [*_arrays(table, rows, pos), *_weights(decoder, pos_weight), out]
+        args = [*arrays(table, rows, pos), *_weights(decoder, pos_weight), out]
         run_blocks(_kernels()[0], rows.shape[0], args, PAIR_BLOCK)
         return torch.from_numpy(out)
     y = pos.new_empty(pos.shape[0], decoder.net[-1].out_features)
@@ -227,7 +227,7 @@ def decode_queries(
     if fusable(decoder, pos_weight, table, rel, weight):
         b, _, q = rows.shape
         out = np.empty((b, q, OUT_CHANNELS), np.float32)
-        args = [*_arrays(table, rows, rel, weight), *_weights(decoder, pos_weight), out]
+        args = [*arrays(table, rows, rel, weight), *_weights(decoder, pos_weight), out]
         run_blocks(_kernels()[1], b * q, args, PAIR_BLOCK)
         return torch.from_numpy(out)
     y = decode_pairs(decoder, table, rows.reshape(-1), rel.reshape(-1, rel.shape[-1]), pos_weight)
@@ -256,16 +256,12 @@ def decode_grid(
     """
     start, stop = queries
     (lo, hi), (b, w) = band, (image.shape[0], image.shape[3])
-    arrays = _arrays(table, axes.rows, axes.row_rel, axes.cols, axes.col_rel, image)
-    args = [*arrays, *_weights(decoder, pos_weight), out.numpy(), start, stop - start, lo, (hi - lo) * w]
+    loop_args = arrays(table, axes.rows, axes.row_rel, axes.cols, axes.col_rel, image)
+    args = [*loop_args, *_weights(decoder, pos_weight), out.numpy(), start, stop - start, lo, (hi - lo) * w]
     run_blocks(_kernels()[2], b * (stop - start), args, PAIR_BLOCK)
 
 
 def _weights(decoder: MLP, pos_weight: torch.Tensor) -> list[np.ndarray]:
     """The loops' weights: offset columns (k, hidden), output layer (out, hidden) and its bias."""
     last = decoder.net[2]
-    return _arrays(pos_weight.t(), last.weight, last.bias)
-
-
-def _arrays(*tensors: torch.Tensor) -> list[np.ndarray]:
-    return [t.detach().contiguous().numpy() for t in tensors]
+    return arrays(pos_weight.t(), last.weight, last.bias)

@@ -10,7 +10,8 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from models import registry
 from models.galerkin import LAYER_NORM_EPS
-from models.kv_stats import fusable, head_sums
+from models.kv_stats import head_sums
+from models.loop_pool import can_run
 
 HEADS = 16
 
@@ -34,7 +35,7 @@ def test_loop_equals_the_plain_sums(dh, batch, n) -> None:
     d = 48
     x = torch.randn(batch, n, d)
     weight, bias = torch.randn(2 * HEADS * dh, d) / d**0.5, torch.randn(2 * HEADS * dh)
-    assert fusable(x, weight)
+    assert can_run(x, weight)
     got = head_sums(x, weight, bias, HEADS)
     want = plain_sums(x, weight, bias)
     for g, w in zip(got, want, strict=True):
@@ -45,12 +46,12 @@ def test_loop_equals_the_plain_sums(dh, batch, n) -> None:
 def test_torch_ops_run_where_they_must_be_seen() -> None:
     x, weight = torch.randn(1, 10, 8), torch.randn(2 * HEADS * 4, 8)
     with torch.no_grad():
-        assert fusable(x, weight)
+        assert can_run(x, weight)
         with counting():  # a dispatch mode must see every product
-            assert not fusable(x, weight)
-        assert not fusable(x.double(), weight.double())
-    assert fusable(x, weight)  # autograd on, but nothing here requires grad
-    assert not fusable(x, weight.requires_grad_())
+            assert not can_run(x, weight)
+        assert not can_run(x.double(), weight.double())
+    assert can_run(x, weight)  # autograd on, but nothing here requires grad
+    assert not can_run(x, weight.requires_grad_())
 
 
 @torch.no_grad()
