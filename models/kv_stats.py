@@ -25,6 +25,8 @@ from functools import cache
 import numpy as np
 import torch
 
+from models.loop_pool import numba_for_host
+
 BLOCK = 4  # the outer product's register block: 16 accumulators
 
 
@@ -38,7 +40,8 @@ def _kernel():
     """The loop, compiled on first use (a service's warm-up decodes a small image)."""
     import math
 
-    from numba import njit, types
+    numba = numba_for_host()
+    njit, types = numba.njit, numba.types
 
     f4 = types.float32
     eps = np.float32(1e-5)  # F.layer_norm's default, which the weights were trained with

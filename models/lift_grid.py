@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from models.implicit import GridAxes
-from models.loop_pool import arrays, run_blocks
+from models.loop_pool import arrays, numba_for_host, run_blocks
 
 # Queries per block handed to a thread (0.1–0.3 ms of work at d = 64…256).
 QUERY_BLOCK = 4096
@@ -33,7 +33,8 @@ QUERY_BLOCK = 4096
 @cache
 def _kernel():
     """The loop, compiled on first use (a service's warm-up decodes a small image)."""
-    from numba import njit, types
+    numba = numba_for_host()
+    njit, types = numba.njit, numba.types
 
     f4, i8 = types.float32, types.int64
     c2, c3 = (types.Array(f4, n, "C") for n in (2, 3))

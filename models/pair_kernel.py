@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 from models.implicit import GridAxes, mix_neighbours
-from models.loop_pool import arrays, can_run, run_blocks
+from models.loop_pool import arrays, can_run, numba_for_host, run_blocks
 from models.mlp import MLP
 
 # (query, neighbour) pairs per tile of a deep decoder's layers: its 256-wide hidden activations
@@ -45,7 +45,8 @@ def _kernels():
     rather than at import, all at once for the C-contiguous float32/int64 arrays `run_blocks` passes:
     a service's warm-up compiles them, whichever routing its small image gets, not its first
     request."""
-    from numba import njit, types
+    numba = numba_for_host()
+    njit, types = numba.njit, numba.types
 
     f4, i8 = types.float32, types.int64
     c1, c2, c3, c4 = (types.Array(f4, n, "C") for n in (1, 2, 3, 4))
