@@ -36,12 +36,18 @@ class MLP(nn.Module):
     def after_first(self, x: torch.Tensor) -> torch.Tensor:
         """The layers after the first Linear, given its output (callers that compute the first
         layer their own way, e.g. once per LR pixel); the output layer is a `thin_linear`."""
+        last = self.net[-1]
+        return thin_linear(self.between(x), last.weight, last.bias)
+
+    def between(self, x: torch.Tensor) -> torch.Tensor:
+        """The layers between the first Linear's output and the output layer: the last hidden
+        layer's activations (callers that mix several of them before the linear output layer)."""
         # Unpacked, not sliced: slicing an nn.Sequential builds a new module (~35 µs), and MoEISR
         # and CLIT call this once per tile.
-        _, *middle, last = self.net
+        _, *middle, _ = self.net
         for layer in middle:
             x = layer(x)
-        return thin_linear(x, last.weight, last.bias)
+        return x
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.after_first(self.net[0](x))

@@ -37,7 +37,7 @@ from models.implicit import (
     relative_cell,
 )
 from models.mlp import MLP
-from models.pair_kernel import decode_grid, decode_pairs, decode_queries, fusable
+from models.pair_kernel import decode_grid, decode_pairs, decode_queries, fusable, query_macs
 from models.registry import register
 from models.tiers import Tier
 
@@ -216,8 +216,10 @@ class MoEISR(ScalableSR):
         the LR pixel, so its product is taken once per LR pixel of the queries' band, with that
         pixel's expert, and gathered per pair (LIIF's trick); the cell columns go into its bias
         (`band_table`). Per pair only the 2 offset columns and the deeper layers remain
-        (`models.pair_kernel`: `decode_queries` where one expert takes the whole band, as at
-        b0, else `decode_pairs` per expert). The routing and its costs are unchanged.
+        (`models.pair_kernel`). Where one expert takes every LR pixel of the image, as at b0,
+        each query's four pairs are mixed before that expert's linear output layer
+        (`decode_queries`, `query_macs`); otherwise every pair runs its expert to the end
+        (`decode_pairs` per expert) and the outputs are mixed. The routing is unchanged.
         """
         assert state.pick is not None
         b, q = coord.shape[:2]
@@ -225,13 +227,14 @@ class MoEISR(ScalableSR):
         # (B, 4, Q), (B, 4, Q, 2), (B, 4, Q)
         index, rel, weight = neighbour_grid(coord, state.feat.shape[-2:])
         lo, hi = band_rows(index, w)
-        table, band_pick, band_groups = self.band_table(state, (lo, hi), out_size)
+        table, band_pick, _ = self.band_table(state, (lo, hi), out_size)
         offset = (torch.arange(b, device=coord.device) * (hi - lo) * w)[:, None, None] - lo * w
         rows = index + offset  # (B, 4, Q) into table
         offsets = self.columns.offset
-        if len(band_groups) == 1:  # every pair's pixel lies in the band: one expert takes them all
-            j = band_groups[0][0]
-            return decode_queries(self.experts[j], table, rows, rel, weight, self.first(j).weight[:, offsets])
+        sole = self.sole_expert(state)
+        if sole is not None:
+            pos_weight = self.first(sole).weight[:, offsets]
+            return decode_queries(self.experts[sole], table, rows, rel, weight, pos_weight)
         rows, rel = rows.view(-1), rel.view(-1, 2)
         y = rel.new_empty(rel.shape[0], 3)
         for j, pairs in expert_groups(band_pick[rows], len(self.experts)):
@@ -343,9 +346,9 @@ class MoEISR(ScalableSR):
         knob = self.tier(tier).knob
         pairs = 4 * out_size[0] * out_size[1]
         band = chunked_band_pixels(out_size, lr_size, max_queries) * self.feature_macs()
-        if self.lightest_only(knob):
-            per_pair = self.pair_macs(self.experts[0])
-            return self._pixel_macs(mapper=False) * lr_size[0] * lr_size[1] + pairs * per_pair + band
+        if self.lightest_only(knob):  # one expert everywhere: per query (`decode_queries`)
+            per_query = query_macs(self.experts[0], self.pair_macs(self.experts[0]))
+            return self._pixel_macs(mapper=False) * lr_size[0] * lr_size[1] + pairs // 4 * per_query + band
         budget = min(1.0, float(knob))
         heavy = max(self.experts, key=lambda e: e.macs_per_query)
         # The budget caps the mean of macs_per_query (the routing's cost); the columns that are
@@ -361,10 +364,15 @@ class MoEISR(ScalableSR):
         usage = torch.outer(
             axis_usage(h, out_size[0], state.feat.device), axis_usage(w, out_size[1], state.feat.device)
         ).flatten()
-        per_expert = (state.route[0] * usage).sum(1)
-        pairs = sum(
-            round(n.item()) * self.pair_macs(e) for n, e in zip(per_expert, self.experts, strict=True)
-        )
+        sole = self.sole_expert(state)
+        if sole is not None:  # one expert everywhere: per query (`decode_routed`)
+            expert = self.experts[sole]
+            pairs = out_size[0] * out_size[1] * query_macs(expert, self.pair_macs(expert))
+        else:
+            per_expert = (state.route[0] * usage).sum(1)
+            pairs = sum(
+                round(n.item()) * self.pair_macs(e) for n, e in zip(per_expert, self.experts, strict=True)
+            )
         band = chunked_band_pixels(out_size, (h, w), max_queries) * self.feature_macs()
         return self._pixel_macs(mapper=state.logits is not None) * h * w + pairs + band
 

@@ -7,13 +7,16 @@ tile of pairs at a time. A two-layer decoder (MoEISR's lightest expert) has none
 product, ReLU and the 3-wide output product are four passes over a (pairs × hidden) tensor, each
 bound by memory, which kept its tier at 0.13–0.17 of the matmul peak (bench 24). On CPU it
 therefore runs as one compiled loop (numba) in which the hidden vector never leaves registers.
-Where one such decoder takes every pair of a chunk, the loop runs over queries, decodes each
-query's four pairs side by side (each weight loaded once for all four) and mixes them
-(`decode_queries`); otherwise it runs over the pairs it is given (`decode_pairs`). Where it takes
-every LR pixel of the image, as at MoEISR's b0, `decode_grid` also finds each query's neighbours,
-offsets and weights from per-axis tables and adds the bilinear upsample, writing finished output
-pixels: b0's decoder then takes 0.65–0.73 of the time it took with the per-query geometry,
-coordinates and upsample (128² input at ×2–×4, 2 threads, Xeon with AVX-512).
+Where one decoder takes every LR pixel of the image, the loop runs over queries, decodes each
+query's four pairs side by side (each weight loaded once for all four) and mixes their last
+hidden activations, so that the linear output layer runs once per query, not once per pair
+(`decode_queries`; the torch path does the same, `query_macs` counts it): the query loop took
+0.74 of the time of mixing four outputs (×2–×4, one thread, both loops in one process).
+Otherwise it runs over the pairs it is given (`decode_pairs`). For MoEISR's b0, `decode_grid`
+also finds each query's neighbours, offsets and weights from per-axis tables and adds the
+bilinear upsample, writing finished output pixels: b0's decoder then took 0.65–0.73 of the time
+it took with the per-query geometry, coordinates and upsample (128² input at ×2–×4, 2 threads,
+Xeon with AVX-512).
 
 The torch path stays the reference: it runs on CUDA, with autograd, and under any torch dispatch
 mode (the FLOP counter in the tests, tracers), which must see every product the decoder does.
@@ -25,8 +28,9 @@ from functools import cache
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
-from models.implicit import GridAxes, mix_neighbours
+from models.implicit import GridAxes
 from models.loop_pool import arrays, can_run, numba_for_host, run_blocks
 from models.mlp import MLP
 
@@ -70,31 +74,25 @@ def _kernels():
 
     @njit(inline="always", fastmath=True)
     def mixed(table, rows, offsets, weights, pos_weight, out_weight, out_bias):  # pragma: no cover
-        """One query's four pairs side by side, each weight loaded once for all four, and their
-        mix: rows (4,) into table, offsets (4 × (2,)) the pairs' two offset columns, weights (4,)."""
+        """One query's four pairs side by side and their mix, taken before the output layer
+        (which is linear): rows (4,) into table, offsets (4 × (2,)) the pairs' two offset
+        columns, weights (4,)."""
         zero = np.float32(0.0)
         r0, r1, r2, r3 = rows
         (a0, b0), (a1, b1), (a2, b2), (a3, b3) = offsets
-        s00, s01, s02, s10, s11, s12 = zero, zero, zero, zero, zero, zero
-        s20, s21, s22, s30, s31, s32 = zero, zero, zero, zero, zero, zero
+        w0, w1, w2, w3 = weights
+        s0, s1, s2 = zero, zero, zero
         for k in range(table.shape[1]):
             pa, pb = pos_weight[0, k], pos_weight[1, k]
-            u0, u1, u2 = out_weight[0, k], out_weight[1, k], out_weight[2, k]
-            v = max(table[r0, k] + a0 * pa + b0 * pb, zero)
-            s00, s01, s02 = s00 + v * u0, s01 + v * u1, s02 + v * u2
-            v = max(table[r1, k] + a1 * pa + b1 * pb, zero)
-            s10, s11, s12 = s10 + v * u0, s11 + v * u1, s12 + v * u2
-            v = max(table[r2, k] + a2 * pa + b2 * pb, zero)
-            s20, s21, s22 = s20 + v * u0, s21 + v * u1, s22 + v * u2
-            v = max(table[r3, k] + a3 * pa + b3 * pb, zero)
-            s30, s31, s32 = s30 + v * u0, s31 + v * u1, s32 + v * u2
-        w0, w1, w2, w3 = weights
-        c0, c1, c2 = out_bias[0], out_bias[1], out_bias[2]
-        return (
-            w0 * (s00 + c0) + w1 * (s10 + c0) + w2 * (s20 + c0) + w3 * (s30 + c0),
-            w0 * (s01 + c1) + w1 * (s11 + c1) + w2 * (s21 + c1) + w3 * (s31 + c1),
-            w0 * (s02 + c2) + w1 * (s12 + c2) + w2 * (s22 + c2) + w3 * (s32 + c2),
-        )
+            m = w0 * max(table[r0, k] + a0 * pa + b0 * pb, zero)
+            m += w1 * max(table[r1, k] + a1 * pa + b1 * pb, zero)
+            m += w2 * max(table[r2, k] + a2 * pa + b2 * pb, zero)
+            m += w3 * max(table[r3, k] + a3 * pa + b3 * pb, zero)
+            s0 += m * out_weight[0, k]
+            s1 += m * out_weight[1, k]
+            s2 += m * out_weight[2, k]
+        total = w0 + w1 + w2 + w3
+        return s0 + total * out_bias[0], s1 + total * out_bias[1], s2 + total * out_bias[2]
 
     @njit(types.void(c2, rows3, c4, c3, c2, c2, c1, c3, i8, i8), nogil=True, fastmath=True)
     def queries(
@@ -219,20 +217,39 @@ def decode_queries(
     pos_weight: torch.Tensor,
 ) -> torch.Tensor:
     """Each query's bilinear mix (B, Q, out) of `decoder` on its four pairs, this one decoder
-    taking every pair: `decode_pairs` on rows (B, 4, Q) and offsets rel (B, 4, Q, 2), then
-    `mix_neighbours` with weight (B, 4, Q).
+    taking every pair: rows (B, 4, Q) into table, offsets rel (B, 4, Q, 2), weight (B, 4, Q).
 
-    Fused, nothing per pair is written to memory: at the cheapest tiers the pairs' offsets, their
-    outputs and their mix cost as much time as the decoder itself.
+    The mix is taken before the output layer, which is linear: one output product per query
+    instead of one per pair, the bias times the sum of the weights (`query_macs`). Fused, nothing
+    per pair is written to memory: at the cheapest tiers the pairs' offsets, their outputs and
+    their mix cost as much time as the decoder itself.
     """
+    b, _, q = rows.shape
     if fusable(decoder, pos_weight, table, rel, weight):
-        b, _, q = rows.shape
         out = np.empty((b, q, OUT_CHANNELS), np.float32)
         args = [*arrays(table, rows, rel, weight), *_weights(decoder, pos_weight), out]
         run_blocks(_kernels()[1], b * q, args, PAIR_BLOCK)
         return torch.from_numpy(out)
-    y = decode_pairs(decoder, table, rows.reshape(-1), rel.reshape(-1, rel.shape[-1]), pos_weight)
-    return mix_neighbours(y.view(*rows.shape, -1), weight)
+    last, pos_t = decoder.net[-1], pos_weight.t()
+    y = rel.new_empty(b, q, last.out_features)
+    step = PAIR_TILE // 4
+    for s in range(0, q, step):  # a tile's hidden activations stay in cache
+        at = slice(s, s + step)
+        tile = rows[:, :, at]
+        # The gathered rows are the output buffer: the offset product adds into them.
+        hidden = table.index_select(0, tile.reshape(-1)).addmm_(rel[:, :, at].reshape(-1, 2), pos_t)
+        hidden = decoder.between(hidden).view(*tile.shape, -1)  # (B, 4, tile, hidden)
+        mixed = torch.einsum("bkqh,bkq->bqh", hidden, weight[:, :, at])
+        y[:, at] = F.linear(mixed, last.weight) + weight[:, :, at].sum(1)[..., None] * last.bias
+    return y
+
+
+def query_macs(decoder: MLP, pair_macs: int) -> int:
+    """MACs per query of `decode_queries` (and `decode_grid`): four pairs up to the output layer,
+    their mix (one multiply-add per hidden unit and pair) and one output product; pair_macs: the
+    decoder's MACs per pair when each pair runs the output layer (`decode_pairs`)."""
+    last = decoder.net[-1]
+    return 4 * (pair_macs - last.in_features * last.out_features) + 4 * last.in_features + last.weight.numel()
 
 
 def decode_grid(

@@ -17,7 +17,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from models import registry
 from models.implicit import mix_neighbours
 from models.mlp import MLP
-from models.pair_kernel import PAIR_BLOCK, decode_grid, decode_pairs, decode_queries, fusable
+from models.pair_kernel import PAIR_BLOCK, decode_grid, decode_pairs, decode_queries, fusable, query_macs
 
 FEATURES, HIDDEN = 64, 256
 REPO = Path(__file__).resolve().parent.parent
@@ -72,6 +72,26 @@ def test_fused_query_loop_mixes_four_pairs_like_the_torch_ops(batch, queries, tw
     want = (pairs.view(batch, 4, queries, 3) * weight[..., None]).sum(1)
     torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(mix_neighbours(pairs.view(batch, 4, queries, 3), weight), want)
+
+
+@pytest.mark.parametrize("depth", [2, 4])
+@torch.no_grad()
+def test_torch_query_path_mixes_before_the_output_layer_and_counts_query_macs(depth) -> None:
+    """Under a dispatch mode (the FLOP counter) the torch ops decode: the same mix as the pairs'
+    outputs mixed, with one output product per query (`query_macs`), for shallow and deep MLPs."""
+    batch, queries = 2, 700  # several tiles of queries
+    decoder, table, _, _, pos_weight = problem(1, seed=depth, depth=depth)
+    rows = torch.randint(0, table.shape[0], (batch, 4, queries))
+    rel = torch.rand(batch, 4, queries, 2) * 2 - 1
+    weight = torch.rand(batch, 4, queries)  # not summing to 1: the bias is scaled by their sum
+    with counting() as counter:
+        got = decode_queries(decoder, table, rows, rel, weight, pos_weight)
+    pairs = reference(decoder, table, rows.reshape(-1), rel.reshape(-1, 2), pos_weight)
+    want = mix_neighbours(pairs.view(batch, 4, queries, 3), weight)
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+    pair_macs = decoder.macs_per_query - FEATURES * HIDDEN  # the table holds the feature columns
+    assert counter.get_total_flops() // 2 == batch * queries * query_macs(decoder, pair_macs)
+    assert query_macs(decoder, pair_macs) < 4 * pair_macs
 
 
 FORK_CHILD = """
