@@ -95,27 +95,30 @@ def test_torch_query_path_mixes_before_the_output_layer_and_counts_query_macs(de
 
 
 FORK_CHILD = """
-import os, sys, torch
+import os, sys, numpy, torch
 sys.path.insert(0, "tests")
 from test_pair_kernel import problem, reference
 from models.pair_kernel import PAIR_BLOCK, decode_pairs
 
-torch.set_num_threads(2)  # the fused loop then hands blocks to pool threads
+torch.set_num_threads(2)  # the fused loop runs in blocks on two threads
 p = problem(3 * PAIR_BLOCK, seed=5)
 with torch.no_grad():
-    decode_pairs(*p)  # the parent's pool now has threads
+    want = reference(*p).numpy()
+    decode_pairs(*p)  # the parent's loop threads (pool or OpenMP team) are now running
     pid = os.fork()
-    if pid == 0:
-        got = decode_pairs(*p)
-        os._exit(0 if torch.allclose(got, reference(*p), atol=1e-5, rtol=1e-5) else 3)
+    if pid == 0:  # only the loop here: GNU OpenMP, torch's included, is unusable after a fork
+        got = decode_pairs(*p).numpy()
+        os._exit(0 if numpy.allclose(got, want, atol=1e-5, rtol=1e-5) else 3)
 sys.exit(os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]))
 """
 
 
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
 def test_a_forked_child_runs_the_fused_loop_with_threads_of_its_own() -> None:
-    """The parent's pool threads do not survive a fork; a child reusing that pool would hang.
-    Run in a fresh interpreter: forking this test process, with its many threads, is unsafe."""
+    """The parent's loop threads do not survive a fork: a child reusing the parent's pool would
+    hang, and numba terminates a child that runs a loop on the OpenMP runtime its parent started.
+    The child runs its loops on a pool of its own. In a fresh interpreter: forking this test
+    process, with its many threads, is unsafe."""
     done = subprocess.run([sys.executable, "-c", FORK_CHILD], cwd=REPO, timeout=60, capture_output=True)
     assert done.returncode == 0, done.stderr.decode()[-2000:]
 
