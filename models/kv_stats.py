@@ -5,13 +5,16 @@ r being each pixel's inverse RMS of its head's k̃ (or ṽ) (`GalerkinDecoder.kv
 these are some ten passes over the (2, heads, dh, pixels) product (square, sum, rsqrt, scales,
 three small products), each bound by memory: per 4,096-query tile they took 3.4× the time of
 the k/v product itself at d = 64 (dh = 4) and 1.2× at d = 128 (dh = 8). Here each head's rows
-are read twice: once for the square sums, once to write the scaled rows, whose outer product is
-then taken in 4 × 4 register blocks (the head dimension padded to a multiple of 4 with zero
-rows); the product's bias is added on the way, so the product runs without one. SSRNO's and
-AnySR's decoders then take 0.84–0.95 of their time (every tier at ×2 and ×4, 128² input, 2
-threads, interleaved with the torch ops 5 times; Xeon host). It runs on the calling thread: right
-after the product, OpenMP's idle workers spin on the other cores, and splitting the heads over
-two threads took 1.03–1.05 of the one-thread time.
+are taken a chunk of pixels at a time and read twice: once for the square sums, once to write
+the scaled rows, whose outer product is then taken in 4 × 4 register blocks (the head dimension
+padded to a multiple of 4 with zero rows); the product's bias is added on the way, so the
+product runs without one. SSRNO's and AnySR's decoders then took 0.84–0.95 of their time
+(every tier at ×2 and ×4, 128² input, 2 threads, interleaved with the torch ops 5 times; Xeon
+host). The chunk's scratch rows stay in the L1 cache (whole-tile rows did not: 0.94–1.00 of
+the decoder time, SSRNO XS–X and AnySR w0.5, three alternating runs). The heads are split over
+torch's OpenMP threads where the loops share them (`loop_pool.shares_torch_openmp`: SSRNO XS–X
+and AnySR w0.5 0.91–0.97); otherwise the loop runs on the calling thread, since threads of our
+own competed with torch's spinning OpenMP workers (two threads took 1.03–1.05 of one's time).
 
 The torch path stays the reference: it runs on CUDA, with autograd and under torch dispatch
 modes (the FLOP counter in the tests), which must see every product; `tests/test_kv_stats.py`
@@ -25,9 +28,12 @@ from functools import cache
 import numpy as np
 import torch
 
-from models.loop_pool import numba_for_host
+from models.loop_pool import numba_for_host, run_blocks, shares_torch_openmp
 
 BLOCK = 4  # the outer product's register block: 16 accumulators
+# Floats per scratch row block (k̃·r_k·r_v and ṽ of one chunk of pixels, 2 × 12 KiB): a chunk's
+# statistics are made and summed while it stays in the L1 cache.
+SCRATCH_FLOATS = 3072
 
 
 def padded(dh: int) -> int:
@@ -52,7 +58,7 @@ def _kernel():
 
     @njit(inline="always", **jit)
     def outer_block(a, b, i0, j0, s):  # pragma: no cover
-        """s[i0:i0+4, j0:j0+4] = a[i0:i0+4] · b[j0:j0+4]ᵀ, summed over the columns."""
+        """s[i0:i0+4, j0:j0+4] += a[i0:i0+4] · b[j0:j0+4]ᵀ, summed over the columns."""
         z = np.float32(0.0)
         s00 = s01 = s02 = s03 = s10 = s11 = s12 = s13 = z
         s20 = s21 = s22 = s23 = s30 = s31 = s32 = s33 = z
@@ -77,51 +83,72 @@ def _kernel():
             s31 += x3 * y1
             s32 += x3 * y2
             s33 += x3 * y3
-        s[i0, j0], s[i0, j0 + 1], s[i0, j0 + 2], s[i0, j0 + 3] = s00, s01, s02, s03
-        s[i0 + 1, j0], s[i0 + 1, j0 + 1], s[i0 + 1, j0 + 2], s[i0 + 1, j0 + 3] = s10, s11, s12, s13
-        s[i0 + 2, j0], s[i0 + 2, j0 + 1], s[i0 + 2, j0 + 2], s[i0 + 2, j0 + 3] = s20, s21, s22, s23
-        s[i0 + 3, j0], s[i0 + 3, j0 + 1], s[i0 + 3, j0 + 2], s[i0 + 3, j0 + 3] = s30, s31, s32, s33
+        s[i0, j0] += s00
+        s[i0, j0 + 1] += s01
+        s[i0, j0 + 2] += s02
+        s[i0, j0 + 3] += s03
+        s[i0 + 1, j0] += s10
+        s[i0 + 1, j0 + 1] += s11
+        s[i0 + 1, j0 + 2] += s12
+        s[i0 + 1, j0 + 3] += s13
+        s[i0 + 2, j0] += s20
+        s[i0 + 2, j0 + 1] += s21
+        s[i0 + 2, j0 + 2] += s22
+        s[i0 + 2, j0 + 3] += s23
+        s[i0 + 3, j0] += s30
+        s[i0 + 3, j0 + 1] += s31
+        s[i0 + 3, j0 + 2] += s32
+        s[i0 + 3, j0 + 3] += s33
 
     c3, c4, c5 = (types.Array(f4, n, "C") for n in (3, 4, 5))
 
-    @njit(types.void(c5, c3, c4, c3, c3), **jit)
-    def stats(kv, bias, s, ks, vs):  # pragma: no cover
-        batch, heads, dh, n = kv.shape[0], kv.shape[2], kv.shape[3], kv.shape[4]
+    @njit(types.void(c5, c3, c4, c3, c3, types.int64, types.int64), **jit)
+    def stats(kv, bias, s, ks, vs, start, stop):  # pragma: no cover
+        heads, dh, n = kv.shape[2], kv.shape[3], kv.shape[4]
         dhp = s.shape[2]
         inv = np.float32(1.0) / np.float32(dh)
-        # Scratch rows: k̃·r_k·r_v and ṽ, padded with zero rows to whole blocks.
-        kw = np.zeros((dhp, n), np.float32)
-        vb = np.zeros((dhp, n), np.float32)
-        rk = np.empty(n, np.float32)
-        rv = np.empty(n, np.float32)
-        for b in range(batch):
-            for h in range(heads):
-                k, v, bk, bv = kv[b, 0, h], kv[b, 1, h], bias[0, h], bias[1, h]
+        # Scratch rows of one chunk of pixels: k̃·r_k·r_v and ṽ, padded with zero rows to whole blocks.
+        chunk = min(n, max(64, SCRATCH_FLOATS // dhp))
+        kw = np.zeros((dhp, chunk), np.float32)
+        vb = np.zeros((dhp, chunk), np.float32)
+        rk = np.empty(chunk, np.float32)
+        rv = np.empty(chunk, np.float32)
+        for bh in range(start, stop):  # (image, head) pairs
+            b, h = bh // heads, bh % heads
+            k, v, bk, bv = kv[b, 0, h], kv[b, 1, h], bias[0, h], bias[1, h]
+            s[b, h] = 0
+            ks[b, h] = 0
+            vs[b, h] = 0
+            for t0 in range(0, n, chunk):
+                m = min(chunk, n - t0)
                 rk[:] = 0
                 rv[:] = 0
                 for i in range(dh):
-                    ki, vi, ci, di = k[i], v[i], bk[i], bv[i]
-                    for t in range(n):
+                    ki, vi, ci, di = k[i, t0 : t0 + m], v[i, t0 : t0 + m], bk[i], bv[i]
+                    for t in range(m):
                         y = ki[t] + ci
                         z = vi[t] + di
                         rk[t] += y * y
                         rv[t] += z * z
-                for t in range(n):
+                for t in range(m):
                     rk[t] = np.float32(1.0) / math.sqrt(rk[t] * inv + eps)
                     rv[t] = np.float32(1.0) / math.sqrt(rv[t] * inv + eps)
                 for i in range(dh):
-                    ki, vi, ci, di, kwi, vbi = k[i], v[i], bk[i], bv[i], kw[i], vb[i]
+                    ki, vi, ci, di = k[i, t0 : t0 + m], v[i, t0 : t0 + m], bk[i], bv[i]
+                    kwi, vbi = kw[i], vb[i]
                     sk = np.float32(0.0)
                     sv = np.float32(0.0)
-                    for t in range(n):
+                    for t in range(m):
                         y = (ki[t] + ci) * rk[t]
                         z = vi[t] + di
                         kwi[t] = y * rv[t]
                         vbi[t] = z
                         sk += y
                         sv += z * rv[t]
-                    ks[b, h, i] = sk
-                    vs[b, h, i] = sv
+                    ks[b, h, i] += sk
+                    vs[b, h, i] += sv
+                if m < chunk:  # a short last chunk: the columns it leaves add nothing
+                    vb[:, m:] = 0
                 for i0 in range(0, dhp, BLOCK):
                     for j0 in range(0, dhp, BLOCK):
                         outer_block(kw, vb, i0, j0, s[b, h])
@@ -143,5 +170,9 @@ def head_sums(
     dhp = padded(dh)
     s = np.empty((b, heads, dhp, dhp), np.float32)
     ks, vs = np.empty((b, heads, dh), np.float32), np.empty((b, heads, dh), np.float32)
-    _kernel()(kv.numpy(), bias.detach().reshape(2, heads, dh).contiguous().numpy(), s, ks, vs)
+    args = [kv.numpy(), bias.detach().reshape(2, heads, dh).contiguous().numpy(), s, ks, vs]
+    if shares_torch_openmp():  # one (image, head) per block, on torch's OpenMP threads
+        run_blocks(_kernel(), b * heads, args, 1)
+    else:  # on the calling thread: threads of our own competed with torch's spinning workers
+        _kernel()(*args, 0, b * heads)
     return torch.from_numpy(s)[..., :dh, :dh], torch.from_numpy(ks), torch.from_numpy(vs)
