@@ -1,5 +1,5 @@
 """Compiled loops (numba, GIL released): compiling them for the host, and running them over blocks
-of items on torch's thread count."""
+of items on torch's thread count, on torch's own OpenMP threads where they can share them."""
 
 from __future__ import annotations
 
