@@ -87,7 +87,19 @@ def shares_torch_openmp() -> bool:
     input, 2 threads, three alternating runs). Not in a forked child: numba terminates a child
     that runs an OpenMP loop its parent started the runtime for.
     """
-    return not _forked and numba_for_host().config.THREADING_LAYER == "omp"
+    return not _forked and _openmp_layer_running()
+
+
+@cache
+def _openmp_layer_running() -> bool:
+    """Whether numba runs its parallel loops on its OpenMP layer (`numba_for_host` asks for it);
+    starts the layer. Not so where numba started another layer before it was asked (another
+    library's parallel loop first): numba's own work queue must not take concurrent calls."""
+    numba = numba_for_host()
+    if numba.config.THREADING_LAYER != "omp":
+        return False
+    numba.get_num_threads()  # starts the threading layer
+    return numba.threading_layer() == "omp"
 
 
 @cache

@@ -4,7 +4,9 @@ OpenMP threads where they can."""
 from __future__ import annotations
 
 import os
+import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -13,6 +15,8 @@ from llvmlite import binding
 
 from models import kv_stats, loop_pool
 from models.loop_pool import numba_for_host
+
+REPO = Path(__file__).resolve().parent.parent
 
 
 @pytest.mark.skipif(
@@ -61,3 +65,32 @@ def test_parallel_loops_run_on_torchs_openmp_threads_where_they_can() -> None:
     if shared:
         assert set(ids.tolist()) == {0, 1}  # two OpenMP threads took the blocks
         assert len(os.listdir(f"/proc/{os.getpid()}/task")) == threads  # none started for it
+
+
+ANOTHER_LAYER_FIRST = """
+import numba, numpy, torch
+numba.config.THREADING_LAYER = "workqueue"  # another library's parallel loop runs first
+
+@numba.njit(parallel=True)
+def total(a):
+    s = 0.0
+    for i in numba.prange(a.shape[0]):
+        s += a[i]
+    return s
+
+total(numpy.ones(1000))
+numba.config.THREADING_LAYER = "default"
+from models import loop_pool
+assert not loop_pool.shares_torch_openmp(), "would run our loops on numba's work queue"
+ids = numpy.zeros(8, numpy.int64)
+loop_pool.run_blocks(numba.njit(lambda ids, start, stop: ids[start:stop].fill(1)), 8, [ids], 1)
+assert ids.sum() == 8
+"""
+
+
+def test_loops_keep_to_their_pool_where_numba_started_another_layer_first() -> None:
+    """numba's work queue must not take concurrent calls: if another library started it before
+    us, the loops run on the pool, not as numba parallel loops. In a fresh interpreter."""
+    command = [sys.executable, "-c", ANOTHER_LAYER_FIRST]
+    done = subprocess.run(command, cwd=REPO, capture_output=True, timeout=120)
+    assert done.returncode == 0, done.stderr.decode()[-2000:]
