@@ -357,15 +357,26 @@ class MoEISR(ScalableSR):
         return self._pixel_macs() * lr_size[0] * lr_size[1] + int(pairs * per_pair) + band
 
     def routed_macs(
-        self, state: MoEState, out_size: tuple[int, int], max_queries: int = DEFAULT_MAX_QUERIES
+        self,
+        state: MoEState,
+        out_size: tuple[int, int],
+        max_queries: int = DEFAULT_MAX_QUERIES,
+        per_query: bool | None = None,
     ) -> int:
-        """Exact MACs of decoding one image (B=1) with this routing, in chunks of `max_queries`."""
+        """Exact MACs of decoding one image (B=1) with this routing, in chunks of `max_queries`.
+
+        per_query: whether the decode mixed each query's pairs before the output layer, which
+        `decode_routed` does where one expert took every pixel of the whole batch decoded
+        together; by default, where it took every pixel of this image (a batch of one)."""
         h, w = state.feat.shape[-2:]
         usage = torch.outer(
             axis_usage(h, out_size[0], state.feat.device), axis_usage(w, out_size[1], state.feat.device)
         ).flatten()
         sole = self.sole_expert(state)
-        if sole is not None:  # one expert everywhere: per query (`decode_routed`)
+        if per_query is None:
+            per_query = sole is not None
+        if per_query:  # one expert everywhere: per query (`decode_routed`)
+            assert sole is not None, "a per-query decode needs one expert on every pixel"
             expert = self.experts[sole]
             pairs = out_size[0] * out_size[1] * query_macs(expert, self.pair_macs(expert))
         else:
@@ -384,13 +395,14 @@ class MoEISR(ScalableSR):
         tier: str | Tier,
         max_queries: int = DEFAULT_MAX_QUERIES,
     ) -> int:
-        """`routed_macs` of each image: what the mapper actually routed, not the budget's cap."""
+        """`routed_macs` of each image: what the mapper actually routed, not the budget's cap.
+        The batch is decoded together, per query only where one expert took every pixel of it."""
         knob = self.tier(tier).knob
         per_image = max(1, max_queries // lr.shape[0])
-        return sum(
-            self.routed_macs(self.encode(model_range(image), knob, size), size, per_image)
-            for image in lr.split(1)
-        )
+        states = [self.encode(model_range(image), knob, size) for image in lr.split(1)]
+        soles = {self.sole_expert(state) for state in states}
+        per_query = len(soles) == 1 and None not in soles
+        return sum(self.routed_macs(state, size, per_image, per_query) for state in states)
 
     def params_used(self, knob: Any) -> int:
         """All experts stay loaded and may be routed to; the budget changes MACs, not parameters."""

@@ -237,7 +237,8 @@ def decode_queries(
         at = slice(s, s + step)
         tile = rows[:, :, at]
         # The gathered rows are the output buffer: the offset product adds into them.
-        hidden = table.index_select(0, tile.reshape(-1)).addmm_(rel[:, :, at].reshape(-1, 2), pos_t)
+        pos = rel[:, :, at].reshape(-1, rel.shape[-1])
+        hidden = table.index_select(0, tile.reshape(-1)).addmm_(pos, pos_t)
         hidden = decoder.between(hidden).view(*tile.shape, -1)  # (B, 4, tile, hidden)
         mixed = torch.einsum("bkqh,bkq->bqh", hidden, weight[:, :, at])
         y[:, at] = F.linear(mixed, last.weight) + weight[:, :, at].sum(1)[..., None] * last.bias

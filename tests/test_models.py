@@ -217,6 +217,40 @@ def test_moeisr_routed_macs_are_counted_exactly_and_budget_is_monotone(built_mod
     assert routed == sorted(routed)
 
 
+def test_moeisr_macs_done_counts_a_batch_decoded_together(built_models, monkeypatch) -> None:
+    """One image of a batch routed to a single expert, the other to two: the batch decodes every
+    pair to its expert's end (no per-query mix), and macs_done counts just that."""
+    from models import moeisr
+
+    model = built_models["moeisr"]
+    flat, busy = (
+        torch.full((1, 3, 9, 11), 0.5),
+        torch.rand(1, 3, 9, 11, generator=torch.Generator().manual_seed(2)),
+    )
+    with torch.no_grad():
+        lows = [float(model.mapper(model.encoder((x - 0.5) / 0.5)).mean()) for x in (flat, busy)]
+    split = sum(lows) / 2  # tells the two images apart by their mean logit
+
+    def routing(logits, cost, usage, budget):
+        pick = torch.zeros(logits.shape[0], logits[0, 0].numel(), dtype=torch.long)
+        for b in range(logits.shape[0]):
+            if (float(logits[b].mean()) > split) == (lows[1] > split):  # the busy image
+                pick[b, ::2] = 1
+        return pick
+
+    monkeypatch.setattr(moeisr, "budget_routing", routing)
+    batch, size, tier = torch.cat([flat, busy]), (20, 23), model.tiers()[1]
+    alone = model.macs_done(flat, size, tier)  # one expert on every pixel: per query
+    with counting() as counter:
+        model.upscale(flat, size, tier)
+    assert counter.get_total_flops() // 2 == alone
+    with counting() as counter:
+        model.upscale(batch, size, tier)
+    assert counter.get_total_flops() // 2 == model.macs_done(batch, size, tier)
+    # In the batch the one-expert image runs every pair to the end: more than on its own.
+    assert model.macs_done(batch, size, tier) > alone + model.macs_done(busy, size, tier)
+
+
 def test_moeisr_budget_moves_pixels_to_lighter_experts() -> None:
     from models.moeisr import budget_routing
 
