@@ -63,7 +63,8 @@ def test_parallel_loops_run_on_torchs_openmp_threads_where_they_can() -> None:
         torch.set_num_threads(before)
     assert (ids >= 0).all()  # every block ran
     if shared:
-        assert set(ids.tolist()) == {0, 1}  # two OpenMP threads took the blocks
+        # Two OpenMP threads took the blocks (numba allows no more threads than cores).
+        assert set(ids.tolist()) == set(range(min(2, numba.config.NUMBA_NUM_THREADS)))
         assert len(os.listdir(f"/proc/{os.getpid()}/task")) == threads  # none started for it
 
 
