@@ -22,9 +22,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from models import local_attention
 from models.base import DEFAULT_MAX_QUERIES, ScalableSR
 from models.encoder import EDSREncoder
 from models.implicit import nearest_index, pixel_centres, relative_cell
+from models.loop_pool import can_run
 from models.mlp import MLP
 from models.registry import register
 from models.tiers import Tier
@@ -148,8 +150,6 @@ class Stage(nn.Module):
             index = torch.where(inside, (ny.clamp(0, gh - 1) - a) * gw + nx.clamp(0, gw - 1), rows)
             index = (index + batch_rows).flatten()
             g2 = ny.shape[-1]
-            k = k_table.index_select(0, index).view(bsz, n, g2, heads, dh)
-            v = v_table.index_select(0, index).view(bsz, n, g2, heads, dh)
             # The query's position relative to its nearest code, in half-cells, per axis.
             c = coord[:, s:e]
             rel = torch.stack(
@@ -158,9 +158,18 @@ class Stage(nn.Module):
             angles = rel[..., None] * self.freqs  # (B, n, 2, F)
             pe = torch.cat([angles.sin(), angles.cos()], -1).flatten(-2)  # (B, n, 4F)
             position = F.linear(pe, pos_weight, pos_bias).view(bsz, n, g2, heads)
-            logits = (k * q[:, s:e, None]).sum(-1) / math.sqrt(dh)  # (B, n, g², heads)
-            attn = (logits + position).softmax(dim=2)
-            weighted = (v * attn[..., None]).reshape(bsz, n, -1)
+            if can_run(k_table, v_table, q, position):  # compiled loops, rows read in place
+                neighbours = index.view(bsz * n, g2)
+                queries = q[:, s:e].reshape(bsz * n, heads, dh)
+                bias = position.view(bsz * n, g2, heads)
+                weighted = local_attention.attend(k_table, v_table, neighbours, queries, bias)
+                weighted = weighted.view(bsz, n, -1)
+            else:
+                k = k_table.index_select(0, index).view(bsz, n, g2, heads, dh)
+                v = v_table.index_select(0, index).view(bsz, n, g2, heads, dh)
+                logits = (k * q[:, s:e, None]).sum(-1) / math.sqrt(dh)  # (B, n, g², heads)
+                attn = (logits + position).softmax(dim=2)
+                weighted = (v * attn[..., None]).reshape(bsz, n, -1)
             return self.mlp.after_first(F.linear(weighted, first.weight[:, :wide]) + cell_bias)
 
         # Tiles of queries keep the gathered codes and the MLP's activations in cache.
