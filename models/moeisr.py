@@ -227,7 +227,7 @@ class MoEISR(ScalableSR):
         # (B, 4, Q), (B, 4, Q, 2), (B, 4, Q)
         index, rel, weight = neighbour_grid(coord, state.feat.shape[-2:])
         lo, hi = band_rows(index, w)
-        table, band_pick, _ = self.band_table(state, (lo, hi), out_size)
+        table, band_pick = self.band_table(state, (lo, hi), out_size)
         offset = (torch.arange(b, device=coord.device) * (hi - lo) * w)[:, None, None] - lo * w
         rows = index + offset  # (B, 4, Q) into table
         offsets = self.columns.offset
@@ -252,21 +252,20 @@ class MoEISR(ScalableSR):
 
     def band_table(
         self, state: MoEState, band: tuple[int, int], out_size: tuple[int, int]
-    ) -> tuple[torch.Tensor, torch.Tensor, list[tuple[int, torch.Tensor | None]]]:
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """First-layer rows (B·P, hidden) of the P = (hi − lo)·w LR pixels of rows band = (lo, hi),
         image after image, each with its pixel's expert: its feature product plus that expert's
         bias with the image's cell columns folded in (the cell is the same for every pair; two
         multiply-adds per hidden unit, like any bias not counted). Every pair then adds its row
         exactly once, so per pair only the two offset columns remain of the first layer. Also
-        the band's experts (B·P,) and `expert_groups` of them."""
+        the band's experts (B·P,)."""
         (lo, hi), (c, h, w) = band, state.feat.shape[1:]
         at = self.columns
         band_feat = state.feat[:, :, lo:hi].flatten(2).transpose(1, 2).reshape(-1, c)  # (B·P, C)
         band_pick = state.pick[:, lo * w : hi * w].reshape(-1)
         cell = relative_cell(out_size, (h, w), 1, state.feat.device)[0]
-        groups = list(expert_groups(band_pick, len(self.experts)))
         table = None  # allocated only where several experts share the band
-        for j, rows in groups:
+        for j, rows in expert_groups(band_pick, len(self.experts)):
             layer = self.first(j)
             bias = layer.bias + (layer.weight[:, at.cell] * cell).sum(1)  # elementwise, as a bias
             if rows is None:  # one expert takes the whole band (low budgets): no copies in and out
@@ -276,7 +275,7 @@ class MoEISR(ScalableSR):
                     table = band_feat.new_empty(band_feat.shape[0], layer.out_features)
                 table[rows] = F.linear(band_feat[rows], layer.weight[:, at.feature], bias)
         assert table is not None  # every pixel has an expert
-        return table, band_pick, groups
+        return table, band_pick
 
     def decode_image(
         self, state: MoEState, lr: torch.Tensor, size: tuple[int, int], knob: Any, chunk: int
