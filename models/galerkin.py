@@ -30,7 +30,7 @@ from models.implicit import (
 )
 from models.lift_grid import lift_span
 from models.loop_pool import can_run
-from models.mlp import thin_linear
+from models.mlp import linear_act, thin_linear
 from models.widths import Axis, narrow
 
 Weights = dict[str, torch.Tensor]
@@ -310,7 +310,8 @@ class GalerkinDecoder(nn.Module):
         feeds only the FFN's first layer (the block returns x + FFN(x + attention)), so that
         layer composes in as well: one d×f product per query instead of a d×d and a d×f one,
         which took the decoders to 0.85–0.94 of their earlier time (SSRNO XS and X ×2, AnySR w1
-        ×3 at 128², 2 threads, two alternating runs each).
+        ×3 at 128², 2 threads, two alternating runs each). M is returned transposed, (B, f, d),
+        the layout of a linear layer's weight, which the fused product with GELU takes.
         """
         heads, dh = kv_mean.shape[1], kv_mean.shape[2]
         q_w = p[f"q{i}.w"].view(heads, dh, -1)  # (h, dh, d)
@@ -326,7 +327,7 @@ class GalerkinDecoder(nn.Module):
         m, c = m @ w1.t(), F.linear(c, w1, b1)  # (B, d, f), (B, f)
         if f"shift{i}" in p:  # the stream's left-out biases, through the whole map
             c = c + torch.einsum("d,bdf->bf", p[f"shift{i}"], m)
-        return m, c
+        return m.transpose(1, 2).contiguous(), c
 
     def block(
         self, p: Weights, i: int, x: torch.Tensor, attn: tuple[torch.Tensor, torch.Tensor]
@@ -335,20 +336,22 @@ class GalerkinDecoder(nn.Module):
 
         At inference x is updated in place and returned: the FFN's output product accumulates
         onto it (its bias is folded into the layers that read the stream, `rearranged`), so a
-        block makes no copy of the stream and no pass to add a bias.
+        block makes no copy of the stream and no pass to add a bias. The map into the hidden
+        layer and its GELU are one fused product per image (`linear_act`).
         """
-        m, c = attn
+        m_t, c = attn  # M transposed (B, f, d)
         if torch.is_grad_enabled():
-            return x + F.linear(F.gelu(c[:, None] + x @ m), p[f"ffn2{i}.w"])
-        hidden = torch.ops.aten.gelu_(torch.baddbmm(c[:, None, :], x, m))
+            return x + F.linear(F.gelu(c[:, None] + x @ m_t.transpose(1, 2)), p[f"ffn2{i}.w"])
+        if x.shape[0] == 1:  # no stack (a copy) for the usual single image
+            hidden = linear_act(x[0], m_t[0], c[0], "gelu")[None]
+        else:
+            hidden = torch.stack([linear_act(*image, "gelu") for image in zip(x, m_t, c, strict=True)])
         # out=x rather than baddbmm_: the same product in place, and one that dispatch modes such
         # as the FLOP counter know (they list aten.baddbmm, not its in-place twin).
         return torch.baddbmm(x, hidden, p[f"ffn2{i}.w"].t().expand(x.shape[0], -1, -1), out=x)
 
     def head(self, p: Weights, x: torch.Tensor) -> torch.Tensor:
-        hidden = F.linear(x, p["fc1.w"], p["fc1.b"])
-        hidden = F.gelu(hidden) if torch.is_grad_enabled() else torch.ops.aten.gelu_(hidden)
-        return thin_linear(hidden, p["fc2.w"], p["fc2.b"])
+        return thin_linear(linear_act(x, p["fc1.w"], p["fc1.b"], "gelu"), p["fc2.w"], p["fc2.b"])
 
     def run(self, p: Weights, x: torch.Tensor) -> torch.Tensor:
         """Single pass over all lifted queries at once (training); x is left as it was."""

@@ -134,6 +134,35 @@ def test_mlp_thin_output_layer_equals_the_plain_stack(act) -> None:
     (g_got,) = torch.autograd.grad(got.square().sum(), x)
     (g_exp,) = torch.autograd.grad(expected.square().sum(), x)
     torch.testing.assert_close(g_got, g_exp)
+    with torch.no_grad():  # inference: the hidden layers as fused products (`linear_act`)
+        torch.testing.assert_close(mlp(x), expected.detach())
+
+
+@pytest.mark.parametrize("act", ["gelu", "relu"])
+@pytest.mark.parametrize("shape", [(4096, 64), (2, 300, 96)])
+def test_fused_linear_activation_equals_torch_ops(monkeypatch, act, shape) -> None:
+    """The fused oneDNN product with its activation gives torch's values (exact erf GELU, not the
+    tanh one), and without the fused op the torch ops give the same."""
+    from models import mlp
+
+    torch.manual_seed(0)
+    x, weight, bias = torch.randn(shape), torch.randn(80, shape[-1]) * 0.2, torch.randn(80)
+    plain = torch.nn.functional.linear(x, weight, bias)
+    expected = torch.nn.functional.gelu(plain) if act == "gelu" else torch.relu(plain)
+    with torch.no_grad():
+        fused = mlp.linear_act(x, weight, bias, act)
+        monkeypatch.setattr(mlp, "_onednn_linear", lambda: None)
+        unfused = mlp.linear_act(x, weight, bias, act)
+    assert fused.shape == unfused.shape == expected.shape
+    torch.testing.assert_close(fused, expected, atol=2e-6, rtol=1e-5)
+    torch.testing.assert_close(unfused, expected, atol=2e-6, rtol=1e-5)
+
+
+def test_mlp_rejects_an_activation_it_cannot_fuse() -> None:
+    from models.mlp import MLP
+
+    with pytest.raises(ValueError, match="activation"):
+        MLP(12, 32, 3, depth=3, act=torch.nn.SiLU)
 
 
 def test_galerkin_chunking_is_not_the_naive_per_chunk_attention(built_models, lr_image) -> None:
