@@ -1,8 +1,9 @@
 """An MLP decoder run on (query, neighbour) pairs whose first layer was taken once per LR pixel.
 
 Per pair the decoder gathers its pixel's row of the first layer's feature product (the `table`,
-bias included), adds the product of the pair's two offset columns, and runs the remaining
-layers. A deep decoder's remaining layers are wide matrix products and run well as torch ops, a
+bias included where several decoders share it; where one takes every pair, the loops add its
+bias, so that the table is a bare product), adds the product of the pair's two offset columns,
+and runs the remaining layers. A deep decoder's remaining layers are wide matrix products and run well as torch ops, a
 tile of pairs at a time. A two-layer decoder (MoEISR's lightest expert) has none: gather, 2-column
 product, ReLU and the 3-wide output product are four passes over a (pairs × hidden) tensor, each
 bound by memory, which kept its tier at 0.13–0.17 of the matmul peak (bench 24). On CPU it
@@ -73,30 +74,33 @@ def _kernels():
             out[i, 2] = o2 + out_bias[2]
 
     @njit(inline="always", fastmath=True)
-    def mixed(table, rows, offsets, weights, pos_weight, out_weight, out_bias):  # pragma: no cover
+    def mixed(
+        table, rows, offsets, weights, pos_weight, first_bias, out_weight, out_bias
+    ):  # pragma: no cover
         """One query's four pairs side by side and their mix, taken before the output layer
         (which is linear): rows (4,) into table, offsets (4 × (2,)) the pairs' two offset
-        columns, weights (4,)."""
+        columns, weights (4,). The first layer's bias is added here, with the offset product,
+        at no cost where pairs share an offset (b0's grid: a multiply-add instead of a multiply)."""
         zero = np.float32(0.0)
         r0, r1, r2, r3 = rows
         (a0, b0), (a1, b1), (a2, b2), (a3, b3) = offsets
         w0, w1, w2, w3 = weights
         s0, s1, s2 = zero, zero, zero
         for k in range(table.shape[1]):
-            pa, pb = pos_weight[0, k], pos_weight[1, k]
-            m = w0 * max(table[r0, k] + a0 * pa + b0 * pb, zero)
-            m += w1 * max(table[r1, k] + a1 * pa + b1 * pb, zero)
-            m += w2 * max(table[r2, k] + a2 * pa + b2 * pb, zero)
-            m += w3 * max(table[r3, k] + a3 * pa + b3 * pb, zero)
+            pa, pb, c = pos_weight[0, k], pos_weight[1, k], first_bias[k]
+            m = w0 * max(table[r0, k] + (a0 * pa + c) + b0 * pb, zero)
+            m += w1 * max(table[r1, k] + (a1 * pa + c) + b1 * pb, zero)
+            m += w2 * max(table[r2, k] + (a2 * pa + c) + b2 * pb, zero)
+            m += w3 * max(table[r3, k] + (a3 * pa + c) + b3 * pb, zero)
             s0 += m * out_weight[0, k]
             s1 += m * out_weight[1, k]
             s2 += m * out_weight[2, k]
         total = w0 + w1 + w2 + w3
         return s0 + total * out_bias[0], s1 + total * out_bias[1], s2 + total * out_bias[2]
 
-    @njit(types.void(c2, rows3, c4, c3, c2, c2, c1, c3, i8, i8), nogil=True, fastmath=True)
+    @njit(types.void(c2, rows3, c4, c3, c2, c1, c2, c1, c3, i8, i8), nogil=True, fastmath=True)
     def queries(
-        table, rows, rel, weight, pos_weight, out_weight, out_bias, out, start, stop
+        table, rows, rel, weight, pos_weight, first_bias, out_weight, out_bias, out, start, stop
     ):  # pragma: no cover
         q = rows.shape[2]
         for i in range(start, stop):
@@ -110,11 +114,11 @@ def _kernels():
             )
             weights = (weight[b, 0, j], weight[b, 1, j], weight[b, 2, j], weight[b, 3, j])
             out[b, j, 0], out[b, j, 1], out[b, j, 2] = mixed(
-                table, four, offsets, weights, pos_weight, out_weight, out_bias
+                table, four, offsets, weights, pos_weight, first_bias, out_weight, out_bias
             )
 
     @njit(
-        types.void(c2, ax_i, ax_f, ax_i, ax_f, c4, c2, c2, c1, c3, i8, i8, i8, i8, i8, i8),
+        types.void(c2, ax_i, ax_f, ax_i, ax_f, c4, c2, c1, c2, c1, c3, i8, i8, i8, i8, i8, i8),
         nogil=True,
         fastmath=True,
     )
@@ -126,6 +130,7 @@ def _kernels():
         rx,
         image,
         pos_weight,
+        first_bias,
         out_weight,
         out_bias,
         out,
@@ -154,6 +159,7 @@ def _kernels():
                 ((y0, x0), (y0, x1), (y1, x0), (y1, x1)),
                 (a3 / total, a2 / total, a1 / total, a0 / total),
                 pos_weight,
+                first_bias,
                 out_weight,
                 out_bias,
             )
@@ -211,13 +217,15 @@ def decode_pairs(
 def decode_queries(
     decoder: MLP,
     table: torch.Tensor,
+    bias: torch.Tensor,
     rows: torch.Tensor,
     rel: torch.Tensor,
     weight: torch.Tensor,
     pos_weight: torch.Tensor,
 ) -> torch.Tensor:
     """Each query's bilinear mix (B, Q, out) of `decoder` on its four pairs, this one decoder
-    taking every pair: rows (B, 4, Q) into table, offsets rel (B, 4, Q, 2), weight (B, 4, Q).
+    taking every pair: rows (B, 4, Q) into table, offsets rel (B, 4, Q, 2), weight (B, 4, Q);
+    the first layer is `table[rows] + bias + rel @ pos_weight.T`.
 
     The mix is taken before the output layer, which is linear: one output product per query
     instead of one per pair, the bias times the sum of the weights (`query_macs`). Fused, nothing
@@ -227,7 +235,7 @@ def decode_queries(
     b, _, q = rows.shape
     if fusable(decoder, pos_weight, table, rel, weight):
         out = np.empty((b, q, OUT_CHANNELS), np.float32)
-        args = [*arrays(table, rows, rel, weight), *_weights(decoder, pos_weight), out]
+        args = [*arrays(table, rows, rel, weight), *_weights(decoder, pos_weight, bias), out]
         run_blocks(_kernels()[1], b * q, args, PAIR_BLOCK)
         return torch.from_numpy(out)
     last, pos_t = decoder.net[-1], pos_weight.t()
@@ -236,9 +244,9 @@ def decode_queries(
     for s in range(0, q, step):  # a tile's hidden activations stay in cache
         at = slice(s, s + step)
         tile = rows[:, :, at]
-        # The gathered rows are the output buffer: the offset product adds into them.
+        # The gathered rows are the output buffer: the offset product and the bias add into them.
         pos = rel[:, :, at].reshape(-1, rel.shape[-1])
-        hidden = table.index_select(0, tile.reshape(-1)).addmm_(pos, pos_t)
+        hidden = table.index_select(0, tile.reshape(-1)).addmm_(pos, pos_t).add_(bias)
         hidden = decoder.between(hidden).view(*tile.shape, -1)  # (B, 4, tile, hidden)
         mixed = torch.einsum("bkqh,bkq->bqh", hidden, weight[:, :, at])
         y[:, at] = F.linear(mixed, last.weight) + weight[:, :, at].sum(1)[..., None] * last.bias
@@ -256,6 +264,7 @@ def query_macs(decoder: MLP, pair_macs: int) -> int:
 def decode_grid(
     decoder: MLP,
     table: torch.Tensor,
+    bias: torch.Tensor,
     band: tuple[int, int],
     axes: GridAxes,
     image: torch.Tensor,
@@ -268,19 +277,23 @@ def decode_grid(
     LR image (B, 3, h, w) at the pixel (the residual's base), this one decoder taking every pair.
 
     table: (B·P, hidden) the first layer's per-pixel rows of LR rows band = (lo, hi), image after
-    image (P = (hi − lo)·w pixels each). Nothing per query is read but the output position: the
-    neighbours, offsets and weights come from the axes' tables, so no per-query geometry, no
-    coordinates and no separate upsample are computed, and the output is written in place.
+    image (P = (hi − lo)·w pixels each), without the layer's bias (hidden,), which the loop adds.
+    Nothing per query is read but the output position: the neighbours, offsets and weights come
+    from the axes' tables, so no per-query geometry, no coordinates and no separate upsample are
+    computed, and the output is written in place.
     CPU only, under the conditions of `fusable` (the caller checks them).
     """
     start, stop = queries
     (lo, hi), (b, w) = band, (image.shape[0], image.shape[3])
     loop_args = arrays(table, axes.rows, axes.row_rel, axes.cols, axes.col_rel, image)
-    args = [*loop_args, *_weights(decoder, pos_weight), out.numpy(), start, stop - start, lo, (hi - lo) * w]
+    weights = _weights(decoder, pos_weight, bias)
+    args = [*loop_args, *weights, out.numpy(), start, stop - start, lo, (hi - lo) * w]
     run_blocks(_kernels()[2], b * (stop - start), args, PAIR_BLOCK)
 
 
-def _weights(decoder: MLP, pos_weight: torch.Tensor) -> list[np.ndarray]:
-    """The loops' weights: offset columns (k, hidden), output layer (out, hidden) and its bias."""
+def _weights(decoder: MLP, pos_weight: torch.Tensor, bias: torch.Tensor | None = None) -> list[np.ndarray]:
+    """The loops' weights: offset columns (k, hidden), the first layer's bias where the loop adds
+    it, output layer (out, hidden) and its bias."""
     last = decoder.net[2]
-    return arrays(pos_weight.t(), last.weight, last.bias)
+    first = [] if bias is None else [bias]
+    return arrays(pos_weight.t(), *first, last.weight, last.bias)

@@ -3,6 +3,7 @@ aside wherever someone must see those ops (autograd, dispatch modes, other shape
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import subprocess
 import sys
@@ -66,9 +67,10 @@ def test_fused_query_loop_mixes_four_pairs_like_the_torch_ops(batch, queries, tw
     rows = torch.randint(0, table.shape[0], (batch, 4, queries))
     rel = torch.rand(batch, 4, queries, 2) * 2 - 1
     weight = torch.rand(batch, 4, queries)
-    got = decode_queries(decoder, table, rows, rel, weight, pos_weight)
+    bias = torch.randn(HIDDEN)  # the first layer's, which the loop adds to the table's rows
+    got = decode_queries(decoder, table, bias, rows, rel, weight, pos_weight)
     assert got.shape == (batch, queries, 3)
-    pairs = reference(decoder, table, rows.reshape(-1), rel.reshape(-1, 2), pos_weight)
+    pairs = reference(decoder, table + bias, rows.reshape(-1), rel.reshape(-1, 2), pos_weight)
     want = (pairs.view(batch, 4, queries, 3) * weight[..., None]).sum(1)
     torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(mix_neighbours(pairs.view(batch, 4, queries, 3), weight), want)
@@ -84,9 +86,10 @@ def test_torch_query_path_mixes_before_the_output_layer_and_counts_query_macs(de
     rows = torch.randint(0, table.shape[0], (batch, 4, queries))
     rel = torch.rand(batch, 4, queries, 2) * 2 - 1
     weight = torch.rand(batch, 4, queries)  # not summing to 1: the bias is scaled by their sum
+    bias = torch.randn(HIDDEN)
     with counting() as counter:
-        got = decode_queries(decoder, table, rows, rel, weight, pos_weight)
-    pairs = reference(decoder, table, rows.reshape(-1), rel.reshape(-1, 2), pos_weight)
+        got = decode_queries(decoder, table, bias, rows, rel, weight, pos_weight)
+    pairs = reference(decoder, table + bias, rows.reshape(-1), rel.reshape(-1, 2), pos_weight)
     want = mix_neighbours(pairs.view(batch, 4, queries, 3), weight)
     torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
     pair_macs = decoder.macs_per_query - FEATURES * HIDDEN  # the table holds the feature columns
@@ -235,3 +238,25 @@ def test_moeisr_full_budget_routed_to_one_expert_decodes_on_the_grid_only_if_fus
     torch.testing.assert_close(
         got, ScalableSR.decode_image(model, state, lr, size, 1.0, 1000), atol=1e-5, rtol=1e-5
     )
+
+
+@torch.no_grad()
+def test_moeisr_band_table_leaves_the_bias_out_only_for_one_expert(lr_image) -> None:
+    """Without its bias (the loops add it), the table is the bare product, and a band shared by
+    several experts, whose rows hold different biases, refuses to be made so."""
+    from models.base import model_range
+
+    torch.manual_seed(8)
+    model = registry.build("moeisr").eval()
+    size, lr = (45, 61), model_range(lr_image)
+    band = (0, lr.shape[-2])
+    state = model.encode(lr, 1.0, size)
+    assert model.sole_expert(state) == 0  # an untrained mapper's pick everywhere
+    mixed = dataclasses.replace(state, pick=torch.arange(state.pick.numel()).view_as(state.pick) % 2)
+    with pytest.raises(ValueError, match="several experts"):
+        model.band_table(mixed, band, size, bias=False)
+    bare, _ = model.band_table(state, band, size, bias=False)
+    full, _ = model.band_table(state, band, size)
+    bias = model.first_bias(0, size, lr.shape[-2:], lr.device)
+    torch.testing.assert_close(bare + bias, full)
+    assert not torch.allclose(bare, full)
