@@ -3,11 +3,12 @@
 Per pair the decoder gathers its pixel's row of the first layer's feature product (the `table`,
 bias included where several decoders share it; where one takes every pair, the loops add its
 bias, so that the table is a bare product), adds the product of the pair's two offset columns,
-and runs the remaining layers. A deep decoder's remaining layers are wide matrix products and run well as torch ops, a
-tile of pairs at a time. A two-layer decoder (MoEISR's lightest expert) has none: gather, 2-column
-product, ReLU and the 3-wide output product are four passes over a (pairs × hidden) tensor, each
-bound by memory, which kept its tier at 0.13–0.17 of the matmul peak (bench 24). On CPU it
-therefore runs as one compiled loop (numba) in which the hidden vector never leaves registers.
+and runs the remaining layers. A deep decoder's remaining layers are wide matrix products and
+run well as torch ops, a tile of pairs at a time. A two-layer decoder (MoEISR's lightest expert)
+has none: gather, 2-column product, ReLU and the 3-wide output product are four passes over a
+(pairs × hidden) tensor, each bound by memory, which kept its tier at 0.13–0.17 of the matmul
+peak (bench 24). On CPU it therefore runs as one compiled loop (numba) in which the hidden
+vector never leaves registers.
 Where one decoder takes every LR pixel of the image, the loop runs over queries, decodes each
 query's four pairs side by side (each weight loaded once for all four) and mixes their last
 hidden activations, so that the linear output layer runs once per query, not once per pair
