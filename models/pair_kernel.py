@@ -144,9 +144,9 @@ def _kernels():
     ):  # pragma: no cover
         zero, half, eps = np.float32(0.0), np.float32(0.5), np.float32(1e-9)
         w, width = image.shape[3], ix.shape[1]
-        for i in range(start, stop):
-            b, at = i // count, first + i % count
-            y, x = at // width, at % width
+        b, at = start // count, first + start % count
+        y, x = at // width, at % width
+        for _ in range(start, stop):
             t, u, left, right = iy[0, y], iy[1, y], ix[0, x], ix[1, x]  # LR rows and columns
             top, bottom = (t - lo) * w + b * band, (u - lo) * w + b * band
             y0, y1, x0, x1 = ry[0, y], ry[1, y], rx[0, x], rx[1, x]
@@ -175,6 +175,13 @@ def _kernels():
                 upper = lr[t, left] + fx * (lr[t, right] - lr[t, left])
                 lower = lr[u, left] + fx * (lr[u, right] - lr[u, left])
                 out[b, c, at] = o[c] + upper + fy * (lower - upper)
+            # The next pixel, without two integer divisions per pixel (`lift_grid` does the same).
+            at, x = at + 1, x + 1
+            if x == width:
+                y, x = y + 1, 0
+            if at == first + count:
+                b, at = b + 1, first
+                y, x = first // width, first % width
 
     return pairs, queries, grid
 
