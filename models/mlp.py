@@ -45,7 +45,9 @@ def linear_act(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, act: s
     """
     op = _onednn_linear()
     if op is not None and can_run(x, weight, bias):
-        return op(x, weight, bias, act, [], "none" if act == "gelu" else "")
+        # Contiguous: the op reads a strided bias as if it were dense (wrong values, no error).
+        parts = (x.contiguous(), weight.contiguous(), bias.contiguous())
+        return op(*parts, act, [], "none" if act == "gelu" else "")
     y = F.linear(x, weight, bias)
     if act == "relu":  # in place: a Linear's backward does not need its output
         return y.relu_()

@@ -158,6 +158,18 @@ def test_fused_linear_activation_equals_torch_ops(monkeypatch, act, shape) -> No
     torch.testing.assert_close(unfused, expected, atol=2e-6, rtol=1e-5)
 
 
+@torch.no_grad()
+def test_fused_linear_activation_takes_strided_operands() -> None:
+    """Views with strides (a bias sliced out of a wider vector, a transposed weight, a column
+    slice of the input) give what the same values densely give."""
+    from models.mlp import linear_act
+
+    torch.manual_seed(1)
+    x, weight, bias = torch.randn(300, 96)[:, ::2], torch.randn(48, 80).t(), torch.randn(160)[::2]
+    expected = torch.nn.functional.gelu(torch.nn.functional.linear(x, weight, bias))
+    torch.testing.assert_close(linear_act(x, weight, bias, "gelu"), expected, atol=2e-6, rtol=1e-5)
+
+
 def test_mlp_rejects_an_activation_it_cannot_fuse() -> None:
     from models.mlp import MLP
 
