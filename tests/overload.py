@@ -194,6 +194,9 @@ class JobsReport:
 
 
 TERMINAL_JOB_STATES = ("succeeded", "failed", "cancelled", "expired")
+# A job submission is answered at once (202, or a refusal): far fewer than this are in flight
+# while the API keeps up.
+SUBMITS_IN_FLIGHT = 64
 
 
 async def open_loop_jobs(
@@ -208,10 +211,16 @@ async def open_loop_jobs(
     headers = _headers(api_key)
     query = f"{QUERY}&async=true&deadline_ms={deadline_ms:g}"
     limits = httpx.Limits(max_connections=500, max_keepalive_connections=100)
+    # Submissions waiting for an answer are bounded here, where waiting costs nothing: queued
+    # in httpx's pool instead, each new request scans all the others (httpcore's assignment is
+    # quadratic), and a slow moment of the API let that scan take a whole core of the two and
+    # slow the API further (one run spun for 20 minutes).
+    slots = asyncio.Semaphore(SUBMITS_IN_FLIGHT)
     async with httpx.AsyncClient(base_url=base, timeout=120, limits=limits) as client:
 
         async def submit() -> None:
-            response = await client.post(f"/upscale?{query}", content=BODY, headers=headers)
+            async with slots:
+                response = await client.post(f"/upscale?{query}", content=BODY, headers=headers)
             if response.status_code == 202:
                 report.accepted.append(response.json()["id"])
             else:
