@@ -27,7 +27,7 @@ from models.base import DEFAULT_MAX_QUERIES, ScalableSR
 from models.encoder import EDSREncoder
 from models.implicit import nearest_index, pixel_centres, relative_cell
 from models.loop_pool import can_run
-from models.mlp import MLP
+from models.mlp import MLP, linear_act_images
 from models.registry import register
 from models.tiers import Tier
 
@@ -131,11 +131,13 @@ class Stage(nn.Module):
             F.pad(m.flatten(2).transpose(1, 2), (0, 0, 0, 1)).flatten(0, 1) for m in (k_map, v_map)
         )
         # The cell is the same for every query of an image, so its part of the MLP's first layer
-        # is a per-image bias and the g²·dim attended values need no concatenation.
+        # is a per-image bias and the g²·dim attended values need no concatenation. That layer,
+        # its bias and its activation are one fused product per image on CPU (`linear_act`).
         first = self.mlp.net[0]
         wide = first.in_features - 2
         cell = relative_cell(out_size, grid, bsz, coord.device)
-        cell_bias = F.linear(cell, first.weight[:, wide:], first.bias)[:, None]  # (B, 1, hidden)
+        cell_bias = F.linear(cell, first.weight[:, wide:], first.bias)  # (B, hidden)
+        first_weight = first.weight[:, :wide].contiguous()
         offs = torch.arange(-r, r + 1, device=coord.device)
         batch_rows = (torch.arange(bsz, device=coord.device) * (rows + 1))[:, None, None]
         dh = self.dim // heads
@@ -170,7 +172,8 @@ class Stage(nn.Module):
                 logits = (k * q[:, s:e, None]).sum(-1) / math.sqrt(dh)  # (B, n, g², heads)
                 attn = (logits + position).softmax(dim=2)
                 weighted = (v * attn[..., None]).reshape(bsz, n, -1)
-            return self.mlp.after_first(F.linear(weighted, first.weight[:, :wide]) + cell_bias)
+            hidden = linear_act_images(weighted, first_weight, cell_bias, self.mlp.act)
+            return self.mlp.after_first(hidden, activated=True)
 
         # Tiles of queries keep the gathered codes and the MLP's activations in cache.
         return torch.cat([attend(s, min(nq, s + ATTENTION_TILE)) for s in range(0, nq, ATTENTION_TILE)], 1)

@@ -30,7 +30,7 @@ from models.implicit import (
 )
 from models.lift_grid import lift_span
 from models.loop_pool import can_run
-from models.mlp import linear_act, thin_linear
+from models.mlp import linear_act, linear_act_images, thin_linear
 from models.widths import Axis, narrow
 
 Weights = dict[str, torch.Tensor]
@@ -342,10 +342,7 @@ class GalerkinDecoder(nn.Module):
         m_t, c = attn  # M transposed (B, f, d)
         if torch.is_grad_enabled():
             return x + F.linear(F.gelu(c[:, None] + x @ m_t.transpose(1, 2)), p[f"ffn2{i}.w"])
-        if x.shape[0] == 1:  # no stack (a copy) for the usual single image
-            hidden = linear_act(x[0], m_t[0], c[0], "gelu")[None]
-        else:
-            hidden = torch.stack([linear_act(*image, "gelu") for image in zip(x, m_t, c, strict=True)])
+        hidden = linear_act_images(x, m_t, c, "gelu")
         # out=x rather than baddbmm_: the same product in place, and one that dispatch modes such
         # as the FLOP counter know (they list aten.baddbmm, not its in-place twin).
         return torch.baddbmm(x, hidden, p[f"ffn2{i}.w"].t().expand(x.shape[0], -1, -1), out=x)

@@ -54,6 +54,15 @@ def linear_act(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, act: s
     return F.gelu(y) if torch.is_grad_enabled() else torch.ops.aten.gelu_(y)
 
 
+def linear_act_images(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, act: str) -> torch.Tensor:
+    """`linear_act` image by image, for a weight or bias of each image's own: x (B, N, d),
+    weight (B, f, d) or (f, d) for all, bias (B, f)."""
+    weights = weight if weight.dim() == 3 else weight.expand(x.shape[0], -1, -1)
+    if x.shape[0] == 1:  # no stack (a copy) for the usual single image
+        return linear_act(x[0], weights[0], bias[0], act)[None]
+    return torch.stack([linear_act(*image, act) for image in zip(x, weights, bias, strict=True)])
+
+
 # The activations an MLP decoder may use, by the name `linear_act` knows them.
 ACTIVATIONS: dict[type[nn.Module], str] = {nn.ReLU: "relu", nn.GELU: "gelu"}
 
@@ -77,19 +86,22 @@ class MLP(nn.Module):
         self.net = nn.Sequential(*layers)
         self.macs_per_query = sum(dims[i] * dims[i + 1] for i in range(depth))
 
-    def after_first(self, x: torch.Tensor) -> torch.Tensor:
-        """The layers after the first Linear, given its output (callers that compute the first
-        layer their own way, e.g. once per LR pixel); the output layer is a `thin_linear`."""
+    def after_first(self, x: torch.Tensor, activated: bool = False) -> torch.Tensor:
+        """The layers after the first Linear, given its output, or its activation if activated
+        (callers that compute the first layer their own way, e.g. once per LR pixel, or with
+        its activation fused, `linear_act`); the output layer is a `thin_linear`."""
         last = self.net[-1]
-        return thin_linear(self.between(x), last.weight, last.bias)
+        return thin_linear(self.between(x, activated), last.weight, last.bias)
 
-    def between(self, x: torch.Tensor) -> torch.Tensor:
-        """The layers between the first Linear's output and the output layer: the last hidden
-        layer's activations (callers that mix several of them before the linear output layer)."""
+    def between(self, x: torch.Tensor, activated: bool = False) -> torch.Tensor:
+        """The layers between the first Linear's output (or its activation, if activated) and the
+        output layer: the last hidden layer's activations (callers that mix several of them
+        before the linear output layer)."""
         # Unpacked, not sliced: slicing an nn.Sequential builds a new module (~35 µs), and MoEISR
         # and CLIT call this once per tile.
         _, first_act, *middle, _ = self.net
-        x = first_act(x)
+        if not activated:
+            x = first_act(x)
         for linear in middle[::2]:  # each hidden Linear and its activation, fused where possible
             x = linear_act(x, linear.weight, linear.bias, self.act)
         return x

@@ -136,6 +136,8 @@ def test_mlp_thin_output_layer_equals_the_plain_stack(act) -> None:
     torch.testing.assert_close(g_got, g_exp)
     with torch.no_grad():  # inference: the hidden layers as fused products (`linear_act`)
         torch.testing.assert_close(mlp(x), expected.detach())
+        first, first_act = mlp.net[0], mlp.net[1]  # a caller that applied the first activation
+        torch.testing.assert_close(mlp.after_first(first_act(first(x)), activated=True), expected.detach())
 
 
 @pytest.mark.parametrize("act", ["gelu", "relu"])
