@@ -48,19 +48,26 @@ def linear_act(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, act: s
         # Contiguous: the op reads a strided bias as if it were dense (wrong values, no error).
         parts = (x.contiguous(), weight.contiguous(), bias.contiguous())
         return op(*parts, act, [], "none" if act == "gelu" else "")
-    y = F.linear(x, weight, bias)
-    if act == "relu":  # in place: a Linear's backward does not need its output
-        return y.relu_()
-    return F.gelu(y) if torch.is_grad_enabled() else torch.ops.aten.gelu_(y)
+    return _activate(F.linear(x, weight, bias), act)
 
 
 def linear_act_images(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, act: str) -> torch.Tensor:
     """`linear_act` image by image, for a weight or bias of each image's own: x (B, N, d),
-    weight (B, f, d) or (f, d) for all, bias (B, f)."""
+    weight (B, f, d) or (f, d) for all, bias (B, f). Where the fused op does not run (training,
+    CUDA, dispatch modes), one batched product for all images."""
     weights = weight if weight.dim() == 3 else weight.expand(x.shape[0], -1, -1)
     if x.shape[0] == 1:  # no stack (a copy) for the usual single image
         return linear_act(x[0], weights[0], bias[0], act)[None]
+    if _onednn_linear() is None or not can_run(x, weight, bias):
+        return _activate(torch.baddbmm(bias[:, None], x, weights.transpose(1, 2)), act)
     return torch.stack([linear_act(*image, act) for image in zip(x, weights, bias, strict=True)])
+
+
+def _activate(y: torch.Tensor, act: str) -> torch.Tensor:
+    """act(y), in place where autograd allows it."""
+    if act == "relu":  # in place: a Linear's backward does not need its output
+        return y.relu_()
+    return F.gelu(y) if torch.is_grad_enabled() else torch.ops.aten.gelu_(y)
 
 
 # The activations an MLP decoder may use, by the name `linear_act` knows them.

@@ -172,6 +172,30 @@ def test_fused_linear_activation_takes_strided_operands() -> None:
     torch.testing.assert_close(linear_act(x, weight, bias, "gelu"), expected, atol=2e-6, rtol=1e-5)
 
 
+@pytest.mark.parametrize("batch", [1, 3])
+@pytest.mark.parametrize("shared_weight", [False, True])
+def test_fused_linear_activation_image_by_image(monkeypatch, batch, shared_weight) -> None:
+    """Each image's own weight and bias: fused per image, batched without the fused op, and
+    under autograd, the same values as a plain loop over images."""
+    from models import mlp
+
+    torch.manual_seed(2)
+    x, bias = torch.randn(batch, 50, 24), torch.randn(batch, 40)
+    weight = torch.randn(40, 24) if shared_weight else torch.randn(batch, 40, 24)
+    per_image = weight if weight.dim() == 3 else weight.expand(batch, -1, -1)
+    gelu = torch.nn.functional.gelu
+    expected = torch.stack([gelu(x[i] @ per_image[i].t() + bias[i]) for i in range(batch)])
+    with torch.no_grad():
+        fused = mlp.linear_act_images(x, weight, bias, "gelu")
+    with torch.enable_grad():
+        trained = mlp.linear_act_images(x.requires_grad_(), weight, bias, "gelu")
+    monkeypatch.setattr(mlp, "_onednn_linear", lambda: None)
+    with torch.no_grad():
+        unfused = mlp.linear_act_images(x, weight, bias, "gelu")
+    for got in (fused, trained.detach(), unfused):
+        torch.testing.assert_close(got, expected, atol=2e-6, rtol=1e-5)
+
+
 def test_mlp_rejects_an_activation_it_cannot_fuse() -> None:
     from models.mlp import MLP
 
