@@ -28,7 +28,7 @@ from functools import cache
 import numpy as np
 import torch
 
-from models.loop_pool import numba_for_host, run_blocks, shares_torch_openmp
+from models.loop_pool import numba_for_host, run_blocks
 
 BLOCK = 4  # the outer product's register block: 16 accumulators
 # Floats per scratch row block (k̃·r_k·r_v and ṽ of one chunk of pixels, 2 × 12 KiB): a chunk's
@@ -171,8 +171,7 @@ def head_sums(
     s = np.empty((b, heads, dhp, dhp), np.float32)
     ks, vs = np.empty((b, heads, dh), np.float32), np.empty((b, heads, dh), np.float32)
     args = [kv.numpy(), bias.detach().reshape(2, heads, dh).contiguous().numpy(), s, ks, vs]
-    if shares_torch_openmp():  # one (image, head) per block, on torch's OpenMP threads
-        run_blocks(_kernel(), b * heads, args, 1)
-    else:  # on the calling thread: threads of our own competed with torch's spinning workers
-        _kernel()(*args, 0, b * heads)
+    # One (image, head) per block on torch's OpenMP threads; without them on the calling thread
+    # alone: threads of our own competed with torch's spinning workers.
+    run_blocks(_kernel(), b * heads, args, 1, pool=False)
     return torch.from_numpy(s)[..., :dh, :dh], torch.from_numpy(ks), torch.from_numpy(vs)

@@ -120,19 +120,24 @@ def _after_fork_in_child() -> None:
 os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
-def run_blocks(kernel, n: int, args: list, block: int) -> None:
+def run_blocks(kernel, n: int, args: list, block: int, pool: bool = True) -> None:
     """`kernel(*args, start, stop)` over items [0, n) in blocks of `block`, on torch's thread count.
 
     Where the loops share torch's OpenMP threads (`shares_torch_openmp`), one numba parallel loop
     over the blocks. Otherwise the calling thread and up to torch's thread count − 1 pool threads
     take the blocks in turn, not one equal share each: right after the preceding torch ops,
     OpenMP's idle workers spin for several milliseconds on the same cores, and a thread that
-    shares its core with one finishes fewer blocks instead of holding up the others.
+    shares its core with one finishes fewer blocks instead of holding up the others. With
+    pool=False, for loops that the pool made slower than one thread, the calling thread alone
+    takes all of [0, n) in one call.
     """
     if shares_torch_openmp():
         numba = numba_for_host()
         numba.set_num_threads(max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS)))
         _parallel(kernel)(n, block, *args)
+        return
+    if not pool:
+        kernel(*args, 0, n)
         return
     blocks = count()  # next() on it is atomic under the GIL: each block goes to one thread
 

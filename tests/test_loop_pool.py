@@ -95,3 +95,17 @@ def test_loops_keep_to_their_pool_where_numba_started_another_layer_first() -> N
     command = [sys.executable, "-c", ANOTHER_LAYER_FIRST]
     done = subprocess.run(command, cwd=REPO, capture_output=True, timeout=120)
     assert done.returncode == 0, done.stderr.decode()[-2000:]
+
+
+def test_a_loop_kept_off_the_pool_runs_whole_on_the_calling_thread(monkeypatch) -> None:
+    """pool=False, where the loops cannot share torch's OpenMP threads: one call over all items,
+    on the thread that asked (the k/v statistics, which the pool made slower)."""
+    import threading
+
+    monkeypatch.setattr(loop_pool, "shares_torch_openmp", lambda: False)
+    calls = []
+    loop_pool.run_blocks(lambda *span: calls.append((threading.get_ident(), span)), 10, [], 1, pool=False)
+    assert calls == [(threading.get_ident(), (0, 10))]
+    calls.clear()
+    loop_pool.run_blocks(lambda *span: calls.append(span), 10, [], 4)  # the pool's way: blocks
+    assert sorted(calls) == [(0, 4), (4, 8), (8, 10)]
