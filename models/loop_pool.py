@@ -98,7 +98,12 @@ def _openmp_layer_running() -> bool:
     numba = numba_for_host()
     if numba.config.THREADING_LAYER != "omp":
         return False
+    # Starting the layer sets the calling thread's OpenMP thread count to numba's own (all
+    # cores), which torch reads as its intra-op count on that thread: a service worker set to
+    # share the cores would then run every later op on all of them. Put torch's count back.
+    threads = torch.get_num_threads()
     numba.get_num_threads()  # starts the threading layer
+    torch.set_num_threads(threads)
     return numba.threading_layer() == "omp"
 
 

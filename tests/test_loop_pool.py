@@ -97,6 +97,31 @@ def test_loops_keep_to_their_pool_where_numba_started_another_layer_first() -> N
     assert done.returncode == 0, done.stderr.decode()[-2000:]
 
 
+KEEPS_TORCH_THREADS = """
+import threading, torch
+counts = []
+
+def first_loop_on_a_worker():
+    torch.set_num_threads(1)  # a service worker given fewer threads than the host has cores
+    from models import loop_pool
+    loop_pool.shares_torch_openmp()  # the first loop starts numba's threading layer here
+    counts.append(torch.get_num_threads())
+
+worker = threading.Thread(target=first_loop_on_a_worker)
+worker.start()
+worker.join()
+assert counts == [1], counts
+"""
+
+
+def test_starting_the_loops_keeps_torchs_thread_count() -> None:
+    """numba's OpenMP layer sets the thread it starts on to all cores; torch's count on that
+    thread must stay what it was. In a fresh interpreter, where the layer has not started."""
+    command = [sys.executable, "-c", KEEPS_TORCH_THREADS]
+    done = subprocess.run(command, cwd=REPO, capture_output=True, timeout=120)
+    assert done.returncode == 0, done.stderr.decode()[-2000:]
+
+
 def test_a_loop_kept_off_the_pool_runs_whole_on_the_calling_thread(monkeypatch) -> None:
     """pool=False, where the loops cannot share torch's OpenMP threads: one call over all items,
     on the thread that asked (the k/v statistics, which the pool made slower)."""
