@@ -117,13 +117,21 @@ class Stage(nn.Module):
         b = min(int(iy.max()) + r + 2, gh)
         q_map, k_map, v_map = self.band(feat, grid, (a, b)).chunk(3, dim=1)
         bsz, nq = coord.shape[:2]
-        # q: bilinear sample in band-local normalised coordinates.
-        band_y = ((coord[..., 0] + 1) * gh / 2 - a) / (b - a) * 2 - 1
-        sample = torch.stack([coord[..., 1], band_y], -1).unsqueeze(1)
-        q = F.grid_sample(q_map, sample, mode="bilinear", padding_mode="border", align_corners=False)
-        # Query-major copy: sampled as is, a query's channels lie a whole chunk apart, and the
-        # per-neighbour product with k then misses cache and TLB on every element.
-        q = q[:, :, 0].transpose(1, 2).contiguous().view(bsz, nq, heads, -1)
+        loops = can_run(q_map, k_map, v_map)  # the compiled attention (`local_attention`)
+        if loops:  # it samples q itself, from a pixel-major band, at each query's band pixel
+            q_bands = q_map.permute(0, 2, 3, 1).contiguous()
+            spot = torch.stack(
+                [
+                    ((coord[..., 0] + 1) * (gh / 2) - a - 0.5).clamp(0, b - a - 1),
+                    ((coord[..., 1] + 1) * (gw / 2) - 0.5).clamp(0, gw - 1),
+                ],
+                -1,
+            )  # grid_sample's pixel coordinates, clipped to the band as its border padding does
+        else:  # q: bilinear sample in band-local normalised coordinates
+            band_y = ((coord[..., 0] + 1) * gh / 2 - a) / (b - a) * 2 - 1
+            sample = torch.stack([coord[..., 1], band_y], -1).unsqueeze(1)
+            q = F.grid_sample(q_map, sample, mode="bilinear", padding_mode="border", align_corners=False)
+            q = q[:, :, 0].transpose(1, 2).reshape(bsz, nq, heads, -1)
         rows = (b - a) * gw
         # Pixel-major copies of the k and v bands, each band followed by a zero row: the code of
         # a neighbour outside the grid (what a zero-padded grid would give).
@@ -160,11 +168,11 @@ class Stage(nn.Module):
             angles = rel[..., None] * self.freqs  # (B, n, 2, F)
             pe = torch.cat([angles.sin(), angles.cos()], -1).flatten(-2)  # (B, n, 4F)
             position = F.linear(pe, pos_weight, pos_bias).view(bsz, n, g2, heads)
-            if can_run(k_table, v_table, q, position):  # compiled loops, rows read in place
+            if loops:  # compiled loops, rows read in place
                 neighbours = index.view(bsz * n, g2)
-                queries = q[:, s:e].reshape(bsz * n, heads, dh)
+                spots = spot[:, s:e].reshape(bsz * n, 2)
                 bias = position.view(bsz * n, g2, heads)
-                weighted = local_attention.attend(k_table, v_table, neighbours, queries, bias)
+                weighted = local_attention.attend(k_table, v_table, neighbours, q_bands, spots, bias)
                 weighted = weighted.view(bsz, n, -1)
             else:
                 k = k_table.index_select(0, index).view(bsz, n, g2, heads, dh)

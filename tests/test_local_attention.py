@@ -7,6 +7,7 @@ import math
 
 import pytest
 import torch
+import torch.nn.functional as F
 from model_support import counting
 
 from models import registry
@@ -23,16 +24,35 @@ def plain(k_table, v_table, index, q, position) -> torch.Tensor:
     return (v * attn[..., None]).reshape(n, -1)
 
 
-@pytest.mark.parametrize("n", [1, 37, 3 * QUERY_BLOCK + 5])
+def sampled(q_bands: torch.Tensor, spot: torch.Tensor) -> torch.Tensor:
+    """q (N, dim) of each image's queries in turn: grid_sample of its band (border padding) at
+    the spots (y, x) in band pixels."""
+    images, h, w, dim = q_bands.shape
+    y, x = spot.view(images, -1, 2).unbind(-1)
+    grid = torch.stack([(2 * x + 1) / w - 1, (2 * y + 1) / h - 1], -1)[:, None]  # (B, 1, n, 2)
+    bands = q_bands.permute(0, 3, 1, 2)
+    q = F.grid_sample(bands, grid, mode="bilinear", padding_mode="border", align_corners=False)
+    return q[:, :, 0].transpose(1, 2).reshape(-1, dim)
+
+
+@pytest.mark.parametrize(("images", "per_image"), [(1, 1), (1, 37), (2, 3 * QUERY_BLOCK + 5)])
 @torch.no_grad()
-def test_loops_equal_the_torch_ops(n) -> None:
-    torch.manual_seed(n)
-    heads, dh, g2, rows = 8, 16, 9, 50
+def test_loops_equal_the_torch_ops(images, per_image) -> None:
+    """Spots anywhere in the band, its edges and corners included (where grid_sample's border
+    padding gives the edge pixel its whole weight)."""
+    torch.manual_seed(per_image)
+    heads, dh, g2, rows, h, w = 8, 4, 9, 50, 5, 7
+    n = images * per_image
     k_table, v_table = torch.randn(rows, heads * dh), torch.randn(rows, heads * dh)
     index = torch.randint(0, rows, (n, g2))
-    q, position = torch.randn(n, heads, dh), torch.randn(n, g2, heads)
-    got = attend(k_table, v_table, index, q, position)
+    q_bands = torch.randn(images, h, w, heads * dh)
+    spot = torch.rand(n, 2) * torch.tensor([h - 1.0, w - 1.0])
+    corners = torch.tensor([[0.0, 0.0], [h - 1.0, w - 1.0], [h - 1.0, 2.5], [1.5, w - 1.0]])
+    spot[: min(n, 4)] = corners[: min(n, 4)]
+    position = torch.randn(n, g2, heads)
+    got = attend(k_table, v_table, index, q_bands, spot, position)
     assert got.shape == (n, g2 * heads * dh)
+    q = sampled(q_bands, spot).view(n, heads, dh)
     torch.testing.assert_close(got, plain(k_table, v_table, index, q, position), atol=1e-5, rtol=1e-5)
 
 
