@@ -115,9 +115,9 @@ def attend(
     images, height, width, dim = q_bands.shape
     heads = position.shape[2]
     logit = np.empty((g2, n, heads), np.float32)  # neighbour-major: the softmax runs over dim 0
-    k, idx, q, at, pos = arrays(k_table, index, q_bands.reshape(-1, dim), spot, position)
+    k, idx, q, spots, pos = arrays(k_table, index, q_bands.reshape(-1, dim), spot, position)
     scale = np.float32((dim // heads) ** -0.5)
-    args = [k, idx, q, at, n // images, height * width, width, pos, scale, logit]
+    args = [k, idx, q, spots, n // images, height * width, width, pos, scale, logit]
     run_blocks(_kernels()[0], n, args, QUERY_BLOCK)
     attn = torch.from_numpy(logit).softmax(dim=0)
     out = np.empty((n, g2 * dim), np.float32)
