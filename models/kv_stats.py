@@ -156,6 +156,12 @@ def _kernel():
     return stats
 
 
+def product(x: torch.Tensor, weight: torch.Tensor, heads: int) -> torch.Tensor:
+    """[k̃; ṽ] without its bias, pixels last: (B, 2, heads, dh, N) for x (B, N, d)."""
+    b, n, d = x.shape
+    return torch.bmm(weight.expand(b, -1, d), x.transpose(1, 2)).view(b, 2, heads, -1, n)
+
+
 def head_sums(
     x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, heads: int
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -164,9 +170,9 @@ def head_sums(
     Σ r_k r_v k̃ᵀṽ (B, heads, dh, dh), Σ r_k k̃ and Σ r_v ṽ (B, heads, dh). CPU, float32, no
     autograd (the caller checks `loop_pool.can_run`).
     """
-    b, n, d = x.shape
+    b = x.shape[0]
     dh = weight.shape[0] // 2 // heads
-    kv = torch.bmm(weight.expand(b, -1, d), x.transpose(1, 2)).view(b, 2, heads, dh, n)
+    kv = product(x, weight, heads)
     dhp = padded(dh)
     s = np.empty((b, heads, dhp, dhp), np.float32)
     ks, vs = np.empty((b, heads, dh), np.float32), np.empty((b, heads, dh), np.float32)

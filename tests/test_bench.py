@@ -1,14 +1,17 @@
 """models.bench on a tiny input: the table's JSON has every tier, and each decoder fraction is
-taken against the matmul timed beside it (checked by recomputing it from the recorded times)."""
+taken against the matmul timed beside it (checked by recomputing it from the recorded times).
+models.product_bound runs exactly the products the decoder's MAC count holds."""
 
 import json
 
 import numpy as np
 import pytest
 import torch
+from model_support import counting
 from PIL import Image
 
-from models import bench, budget_frontier
+from models import bench, budget_frontier, product_bound, registry
+from models.implicit import chunked_band_pixels
 
 
 def test_bench_writes_every_tier_with_side_by_side_peak(tmp_path) -> None:
@@ -54,3 +57,40 @@ def test_budget_frontier_reports_quality_and_latency_against_the_full_model(tmp_
     with pytest.raises(SystemExit) as refused:
         budget_frontier.main(["--budgets", "1.5", "--data", str(folder)])
     assert refused.value.code == 2
+
+
+@torch.no_grad()
+@pytest.mark.parametrize("method", ["ssrno", "anysr"])
+def test_product_bound_runs_every_product_the_decoder_counts(method) -> None:
+    """The products alone, counted: the lift table over each piece's band, and per query each
+    block's k/v and FFN products and the head's two, at the tier's widths."""
+    model = registry.build(method).eval()
+    lr_size, out_size = (11, 14), (29, 37)
+    queries = out_size[0] * out_size[1]
+    for tier in (model.tiers()[0], model.tiers()[-1]):
+        widths = model.decoder_widths(tier.knob)
+        dec, d = model.decoder, widths.trunk
+        run = product_bound.products(model, tier.knob, lr_size, out_size)
+        with counting() as counter:
+            run()
+        band = chunked_band_pixels(out_size, lr_size, dec.lift_piece(d))
+        per_query = sum(2 * d * a + 2 * d * f for a, f in zip(widths.attn, widths.ffn, strict=True))
+        per_query += d * dec.fc1.out_features + dec.fc1.out_features * 3
+        expected = band * 4 * model.encoder.channels * d + queries * per_query
+        assert counter.get_total_flops() == 2 * expected
+
+
+def test_product_bound_refuses_an_image_of_several_chunks() -> None:
+    model = registry.build("ssrno").eval()
+    knob = model.tiers()[-1].knob
+    with pytest.raises(ValueError, match="several chunks"):
+        product_bound.products(model, knob, (64, 64), (2048, 2048))
+
+
+def test_product_bound_writes_both_shares_for_every_tier(tmp_path) -> None:
+    out = tmp_path / "bound.json"
+    args = ["--methods", "anysr", "--size", "12", "--repeats", "1", "--threads", "1", "--json", str(out)]
+    assert product_bound.main(args) == 0
+    rows = json.loads(out.read_text())["rows"]
+    assert [r["tier"] for r in rows] == [t.name for t in registry.load("anysr").tiers()]
+    assert all(r["decoder_fraction_of_matmul"] > 0 and r["products_fraction_of_matmul"] > 0 for r in rows)
