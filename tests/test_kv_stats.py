@@ -10,7 +10,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from models import registry
 from models.galerkin import LAYER_NORM_EPS
-from models.kv_stats import head_sums
+from models.kv_stats import head_sums, pixel_parts
 from models.loop_pool import can_run
 
 HEADS = 16
@@ -41,6 +41,23 @@ def test_loop_equals_the_plain_sums(dh, batch, n) -> None:
     for g, w in zip(got, want, strict=True):
         assert g.shape == w.shape
         torch.testing.assert_close(g.double(), w, atol=1e-4 * n**0.5, rtol=1e-4)
+
+
+@torch.no_grad()
+def test_product_split_among_threads_gives_the_same_sums() -> None:
+    """A single image's tile is split into one part of its pixels per thread and the parts' sums
+    added; a batch, an odd tile or a short one is taken whole."""
+    torch.manual_seed(3)
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(4)
+        x, weight, bias = torch.randn(1, 4096, 96), torch.randn(2 * HEADS * 6, 96) / 96**0.5, torch.randn(192)
+        assert pixel_parts(x) == 4
+        assert [pixel_parts(t) for t in (x[:, :4095], x[:, :1024], torch.randn(2, 4096, 96))] == [1, 1, 1]
+        for got, want in zip(head_sums(x, weight, bias, HEADS), plain_sums(x, weight, bias), strict=True):
+            torch.testing.assert_close(got.double(), want, atol=1e-4 * 4096**0.5, rtol=1e-4)
+    finally:
+        torch.set_num_threads(threads)
 
 
 def test_torch_ops_run_where_they_must_be_seen() -> None:
