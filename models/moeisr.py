@@ -227,15 +227,16 @@ class MoEISR(ScalableSR):
         # (B, 4, Q), (B, 4, Q, 2), (B, 4, Q)
         index, rel, weight = neighbour_grid(coord, state.feat.shape[-2:])
         lo, hi = band_rows(index, w)
-        sole = self.sole_expert(state)
-        table, band_pick = self.band_table(state, (lo, hi), out_size, bias=sole is None)
         offset = (torch.arange(b, device=coord.device) * (hi - lo) * w)[:, None, None] - lo * w
-        rows = index + offset  # (B, 4, Q) into table
+        rows = index + offset  # (B, 4, Q) into the band's table
         offsets = self.columns.offset
+        sole = self.sole_expert(state)
         if sole is not None:
+            table = self.band_product(state, (lo, hi), sole)
             pos_weight = self.first(sole).weight[:, offsets]
             bias = self.first_bias(sole, out_size, state.feat.shape[-2:], coord.device)
             return decode_queries(self.experts[sole], table, bias, rows, rel, weight, pos_weight)
+        table, band_pick = self.band_table(state, (lo, hi), out_size)
         rows, rel = rows.view(-1), rel.view(-1, 2)
         y = rel.new_empty(rel.shape[0], 3)
         for j, pairs in expert_groups(band_pick[rows], len(self.experts)):
@@ -257,29 +258,34 @@ class MoEISR(ScalableSR):
         layer, cell = self.first(j), relative_cell(out_size, grid, 1, device)[0]
         return layer.bias + (layer.weight[:, self.columns.cell] * cell).sum(1)
 
-    def band_table(
-        self, state: MoEState, band: tuple[int, int], out_size: tuple[int, int], bias: bool = True
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """First-layer rows (B·P, hidden) of the P = (hi − lo)·w LR pixels of rows band = (lo, hi),
-        image after image, each with its pixel's expert: its feature product plus, unless bias is
-        False, that expert's `first_bias`. Every pair then adds its row exactly once, so per pair
-        only the two offset columns remain of the first layer. Also the band's experts (B·P,).
+    @staticmethod
+    def band_features(state: MoEState, band: tuple[int, int]) -> torch.Tensor:
+        """Features (B·P, C) of the P = (hi − lo)·w LR pixels of rows band = (lo, hi), image after image."""
+        (lo, hi), c = band, state.feat.shape[1]
+        return state.feat[:, :, lo:hi].flatten(2).transpose(1, 2).reshape(-1, c)
 
-        bias=False is for one expert on every pixel, whose loops add its bias themselves: the
-        table is then a bare product, with no copy of the bias into a 16 MiB output first (at 128²
-        × 2 the bare product took 0.73 of the time).
-        """
-        (lo, hi), (c, h, w) = band, state.feat.shape[1:]
-        band_feat = state.feat[:, :, lo:hi].flatten(2).transpose(1, 2).reshape(-1, c)  # (B·P, C)
-        band_pick = state.pick[:, lo * w : hi * w].reshape(-1)
+    def band_product(self, state: MoEState, band: tuple[int, int], j: int) -> torch.Tensor:
+        """Expert j's first-layer feature product (B·P, hidden) of every LR pixel of rows band,
+        without its bias: for one expert on every pixel, whose loops add its bias themselves. A
+        bare product writes no copy of the bias into a 16 MiB output first (at 128² × 2 it took
+        0.73 of the time)."""
+        return F.linear(self.band_features(state, band), self.first(j).weight[:, self.columns.feature])
+
+    def band_table(
+        self, state: MoEState, band: tuple[int, int], out_size: tuple[int, int]
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """First-layer rows (B·P, hidden) of the LR pixels of rows band = (lo, hi), image after
+        image, each with its pixel's expert: its feature product plus that expert's
+        `first_bias`. Every pair then adds its row exactly once, so per pair only the two offset
+        columns remain of the first layer. Also the band's experts (B·P,)."""
+        band_feat, (h, w) = self.band_features(state, band), state.feat.shape[-2:]
+        band_pick = state.pick[:, band[0] * w : band[1] * w].reshape(-1)
         table = None  # allocated only where several experts share the band
         for j, rows in expert_groups(band_pick, len(self.experts)):
             weight = self.first(j).weight[:, self.columns.feature]
-            j_bias = self.first_bias(j, out_size, (h, w), band_feat.device) if bias else None
+            j_bias = self.first_bias(j, out_size, (h, w), band_feat.device)
             if rows is None:  # one expert takes the whole band (low budgets): no copies in and out
                 table = F.linear(band_feat, weight, j_bias)
-            elif not bias:
-                raise ValueError("a band shared by several experts holds each one's bias")
             else:
                 if table is None:
                     table = band_feat.new_empty(band_feat.shape[0], weight.shape[0])
@@ -307,7 +313,7 @@ class MoEISR(ScalableSR):
         for start in range(0, out_h * out_w, chunk):
             stop = min(out_h * out_w, start + chunk)
             band = axes.band(out_w, start, stop)
-            table = self.band_table(state, band, size, bias=False)[0]
+            table = self.band_product(state, band, sole)
             decode_grid(expert, table, bias, band, axes, lr, weight, out, (start, stop))
         return out.view(b, 3, out_h, out_w)
 

@@ -242,9 +242,10 @@ def test_moeisr_full_budget_routed_to_one_expert_decodes_on_the_grid_only_if_fus
 
 
 @torch.no_grad()
-def test_moeisr_band_table_leaves_the_bias_out_only_for_one_expert(lr_image) -> None:
-    """Without its bias (the loops add it), the table is the bare product, and a band shared by
-    several experts, whose rows hold different biases, refuses to be made so."""
+def test_moeisr_band_table_is_each_pixels_expert_product_plus_its_bias(lr_image) -> None:
+    """The band table's row of a pixel is its expert's bare feature product (`band_product`,
+    which the loops take for a sole expert) plus that expert's bias, with one expert on the
+    band and with two sharing it."""
     from models.base import model_range
 
     torch.manual_seed(8)
@@ -254,10 +255,11 @@ def test_moeisr_band_table_leaves_the_bias_out_only_for_one_expert(lr_image) -> 
     state = model.encode(lr, 1.0, size)
     assert model.sole_expert(state) == 0  # an untrained mapper's pick everywhere
     mixed = dataclasses.replace(state, pick=torch.arange(state.pick.numel()).view_as(state.pick) % 2)
-    with pytest.raises(ValueError, match="several experts"):
-        model.band_table(mixed, band, size, bias=False)
-    bare, _ = model.band_table(state, band, size, bias=False)
-    full, _ = model.band_table(state, band, size)
-    bias = model.first_bias(0, size, lr.shape[-2:], lr.device)
-    torch.testing.assert_close(bare + bias, full)
-    assert not torch.allclose(bare, full)
+    bias = [model.first_bias(j, size, lr.shape[-2:], lr.device) for j in (0, 1)]
+    bare = [model.band_product(state, band, j) for j in (0, 1)]
+    assert not torch.allclose(bare[0], bare[1])
+    torch.testing.assert_close(model.band_table(state, band, size)[0], bare[0] + bias[0])
+    table, pick = model.band_table(mixed, band, size)
+    torch.testing.assert_close(pick, mixed.pick.reshape(-1))
+    for j in (0, 1):
+        torch.testing.assert_close(table[pick == j], (bare[j] + bias[j])[pick == j])
