@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from models import implicit
 from models.galerkin import GalerkinDecoder
 from models.implicit import GridAxes, flat_coords, gather_pixels, neighbour_grid, relative_cell
 from models.lift_grid import lift_span
@@ -68,3 +69,20 @@ def test_the_loop_lifts_a_span_of_output_pixels_like_the_plain_concatenation(bat
         torch.set_num_threads(before)
     coord = flat_coords(size, *span, feat.device).expand(batch, -1, -1)
     torch.testing.assert_close(got, plain_lift(dec, feat, coord, size), atol=1e-5, rtol=1e-5)
+
+
+def test_grid_axes_are_made_once_per_size_and_are_plain_tensors() -> None:
+    """The per-axis tables are kept per (output, LR) size: the next image of that size gets the
+    same tensors, and tables first asked for under inference mode can still be used outside it."""
+    implicit._cached_axis_neighbours.cache_clear()
+    with torch.inference_mode():
+        first = GridAxes.of((37, 53), (11, 14))
+    again = GridAxes.of((37, 53), (11, 14))
+    assert all(a is b for a, b in zip(vars(first).values(), vars(again).values(), strict=True))
+    assert not any(t.is_inference() for t in vars(again).values())
+    other = GridAxes.of((38, 53), (11, 14))
+    assert other.rows.shape == (2, 38) and other.cols is again.cols
+    coord = flat_coords((37, 53), 0, 37 * 53, torch.device("cpu"))[None]
+    index, rel, _ = neighbour_grid(coord, (11, 14))  # the per-query values the tables stand for
+    torch.testing.assert_close(again.rows[0].repeat_interleave(53), index[0, 0] // 14)
+    torch.testing.assert_close(again.row_rel[0].repeat_interleave(53), rel[0, 0, :, 0])
