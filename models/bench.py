@@ -64,6 +64,15 @@ def matmul_gflops(n: int = 1024, repeats: int = 20, rows: int | None = None, k: 
     return gflops(rows * k * n, statistics.median(times))
 
 
+def write_json(path: str, fields: dict[str, Any]) -> None:
+    """A run's results as JSON, with the host and torch they were measured on and the date."""
+    host = {"machine": platform.machine(), "processor": platform.processor()}
+    host |= {"threads": torch.get_num_threads(), "torch": torch.__version__}
+    result = {**host, **fields, "date": time.strftime("%Y-%m-%d")}
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    Path(path).write_text(json.dumps(result, indent=1) + "\n")
+
+
 def parse_shapes(widths: str, shapes: str) -> list[tuple[int, int, int]]:
     """(rows, k, n) of each bare product: `--gemm-widths` d → (query tile, d, d), `--gemm-shapes`
     RxKxN as given."""
@@ -204,22 +213,9 @@ def main(argv: list[str] | None = None) -> int:
         shape = f"({g['rows']} × {g['k']}) @ ({g['k']} × {g['n']})"
         print(f"bare GEMM {shape}: {g['fraction_of_matmul']:.2f} of peak")
     print("cheapest / richest latency:", ", ".join(f"{k} {v:.2f}" for k, v in summary.items()))
-    result = {
-        "machine": platform.machine(),
-        "processor": platform.processor(),
-        "threads": torch.get_num_threads(),
-        "torch": torch.__version__,
-        "lr_size": side,
-        "input": args.input,
-        "repeats": args.repeats,
-        "matmul_peak_gflops": peak,
-        "rows": rows,
-        "cheapest_over_richest_latency": summary,
-        "bare_gemms": gemms,
-        "date": time.strftime("%Y-%m-%d"),
-    }
-    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.json).write_text(json.dumps(result, indent=1) + "\n")
+    fields = {"lr_size": side, "input": args.input, "repeats": args.repeats, "matmul_peak_gflops": peak}
+    fields |= {"rows": rows, "cheapest_over_richest_latency": summary, "bare_gemms": gemms}
+    write_json(args.json, fields)
     return 0
 
 

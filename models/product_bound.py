@@ -13,19 +13,15 @@ all else took no time. Prints a table, writes JSON. SSRNO and AnySR, outputs tha
 from __future__ import annotations
 
 import argparse
-import json
-import platform
 import statistics
-import time
 from collections.abc import Callable
-from pathlib import Path
 
 import torch
 
 from models import kv_stats, registry
 from models.allocator import retain_freed_memory
 from models.base import model_range
-from models.bench import gflops, matmul_gflops, timed
+from models.bench import gflops, matmul_gflops, timed, write_json
 from models.defaults import DEFAULT_MAX_QUERIES
 from models.galerkin import QUERY_TILE, GalerkinSR
 from models.images import synthetic_photo
@@ -125,19 +121,8 @@ def main(argv: list[str] | None = None) -> int:
         fractions = {f"{part}_fraction_of_matmul": v for part, v in shares.items()}
         rows.append({"method": name, "tier": tier, "scale": s, **fractions})
         print(f"{name:7s} {tier:6s} {s:5g} {shares['decoder']:9.2f} {shares['products']:14.2f}")
-    result = {
-        "machine": platform.machine(),
-        "processor": platform.processor(),
-        "threads": torch.get_num_threads(),
-        "torch": torch.__version__,
-        "lr_size": side,
-        "repeats": args.repeats,
-        "matmul_peak_gflops": peak,
-        "rows": rows,
-        "date": time.strftime("%Y-%m-%d"),
-    }
-    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.json).write_text(json.dumps(result, indent=1) + "\n")
+    fields = {"lr_size": side, "repeats": args.repeats, "matmul_peak_gflops": peak, "rows": rows}
+    write_json(args.json, fields)
     return 0
 
 
