@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import statistics
 from collections.abc import Callable
+from functools import partial
 
 import torch
 
@@ -93,9 +94,7 @@ def main(argv: list[str] | None = None) -> int:
                     print(f"{name} {tier.name} x{s:g}: several chunks, left out")
                     continue
                 state = model.encode(x, tier.knob, out)
-                decode = (lambda m, st, o, k, c: lambda: m.decode_image(st, x, o, k, c))(
-                    model, state, out, tier.knob, chunk
-                )
+                decode = partial(model.decode_image, state, x, out, tier.knob, chunk)
                 bare = products(model, tier.knob, (side, side), out)
                 dec_macs = model.macs_done(lr, out, tier) - model.macs(tier, (side, side), (0, 0))
                 configs.append((name, tier.name, s, decode, bare, dec_macs))
