@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# Time a change against a base commit: models.bench in separate processes, base and change
+# alternating round by round, then the paired ratios (models.compare_benches). In one process
+# a change to how threads run BLAS also slows the other side (models/README), so A/Bs of such
+# changes go through here.
+# Usage: scripts/ab_bench.sh BASE_REF [ROUNDS] [models.bench args, e.g. --methods ssrno --scales 2]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+py=${PYTHON:-.venv/bin/python}
+[[ "$py" = /* ]] || py="$PWD/$py"  # the base worktree runs it too (not resolved: a venv's python is a link)
+base_ref=$1
+rounds=${2:-3}
+shift $(( $# >= 2 ? 2 : 1 ))
+work=$(mktemp -d)
+git worktree add --quiet --detach "$work/base" "$base_ref"
+trap 'git worktree remove --force "$work/base"; rm -rf "$work"' EXIT
+for round in $(seq "$rounds"); do
+    (cd "$work/base" && "$py" -m models.bench --checkpoints "$@" --json "$work/base-$round.json" > /dev/null)
+    "$py" -m models.bench --checkpoints "$@" --json "$work/change-$round.json" > /dev/null
+done
+"$py" -m models.compare_benches --base "$work"/base-*.json --change "$work"/change-*.json
