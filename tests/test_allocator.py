@@ -45,8 +45,11 @@ def test_decoding_reuses_freed_memory_instead_of_faulting_it_in_again() -> None:
     assert tuned
     untuned, default_faults = decode_faults("default")
     assert not untuned
-    assert default_faults > 20_000  # glibc's defaults: fresh zero-filled pages for every tile
-    assert faults < default_faults / 20
+    # glibc's defaults mostly fault fresh zero-filled pages in for every tile (170,000–250,000
+    # over the 8 decodes), but not in every run: the same host also read 2,552 (huge pages, by
+    # the kernel's state), so the default count is printed, not bounded. Tuned, the 8 decodes
+    # reuse what the first one faulted in: 450 or 2,048 on that host, never per tile.
+    assert faults < 5_000, f"tuned {faults} faults, glibc's defaults {default_faults}"
 
 
 def test_operator_settings_are_left_alone(monkeypatch) -> None:
