@@ -9,8 +9,12 @@ cd "$(dirname "$0")/.."
 py=${PYTHON:-.venv/bin/python}
 [[ "$py" = /* ]] || py="$PWD/$py"  # the base worktree runs it too (not resolved: a venv's python is a link)
 base_ref=$1
-rounds=${2:-3}
-shift $(( $# >= 2 ? 2 : 1 ))
+shift
+rounds=3
+if [[ "${1:-}" =~ ^[0-9]+$ ]]; then  # ROUNDS is optional: bench args may follow BASE_REF
+    rounds=$1
+    shift
+fi
 work=$(mktemp -d)
 git worktree add --quiet --detach "$work/base" "$base_ref"
 trap 'git worktree remove --force "$work/base"; rm -rf "$work"' EXIT

@@ -101,9 +101,8 @@ def test_compare_benches_pairs_rounds_in_order(tmp_path, capsys) -> None:
     round-paired runs, rows only one side timed are left out, and unpaired runs are refused."""
     from models import compare_benches
 
-    runs = []
-    for i in range(2):
-        out = tmp_path / f"run{i}.json"
+    paths, runs = [tmp_path / f"run{i}.json" for i in range(2)], []
+    for out in paths:
         args = ["--methods", "ssrno", "--scales", "2", "--size", "12", "--repeats", "1", "--threads", "1"]
         assert bench.main([*args, "--json", str(out)]) == 0
         runs.append(json.loads(out.read_text()))
@@ -112,16 +111,12 @@ def test_compare_benches_pairs_rounds_in_order(tmp_path, capsys) -> None:
         r["decode_ms"] *= 2
     slower["rows"] = slower["rows"][1:]  # the change no longer times its first row
     ratios = compare_benches.paired_ratios([runs[0], runs[1]], [runs[1], slower], "decode_ms")
-    first = (runs[0]["rows"][0]["method"], runs[0]["rows"][0]["tier"], runs[0]["rows"][0]["scale"])
+    first = next(iter(compare_benches.times(runs[0], "decode_ms")))
     assert ratios[first] == [pytest.approx(runs[1]["rows"][0]["decode_ms"] / runs[0]["rows"][0]["decode_ms"])]
     for row, got in ratios.items():
         if row != first:
             assert got[1] == pytest.approx(2.0)
     with pytest.raises(ValueError, match="pair them"):
         compare_benches.paired_ratios(runs, runs[:1], "decode_ms")
-    paths = []
-    for i, run in enumerate(runs):
-        paths.append(tmp_path / f"side{i}.json")
-        paths[-1].write_text(json.dumps(run))
     assert compare_benches.main(["--base", str(paths[0]), "--change", str(paths[1])]) == 0
     assert "ssrno" in capsys.readouterr().out
