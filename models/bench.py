@@ -42,8 +42,9 @@ from models import registry
 from models.allocator import retain_freed_memory
 from models.base import model_range
 from models.defaults import DEFAULT_MAX_QUERIES
-from models.galerkin import QUERY_TILE
 from models.images import synthetic_photo
+
+GEMM_ROWS = 4096  # rows of each `--gemm-widths` product: a query tile of earlier benches
 
 
 def gflops(macs: int, seconds: float) -> float:
@@ -74,9 +75,9 @@ def write_json(path: str, fields: dict[str, Any]) -> None:
 
 
 def parse_shapes(widths: str, shapes: str) -> list[tuple[int, int, int]]:
-    """(rows, k, n) of each bare product: `--gemm-widths` d → (query tile, d, d), `--gemm-shapes`
+    """(rows, k, n) of each bare product: `--gemm-widths` d → (`GEMM_ROWS`, d, d), `--gemm-shapes`
     RxKxN as given."""
-    out = [(QUERY_TILE, int(w), int(w)) for w in widths.split(",") if w]
+    out = [(GEMM_ROWS, int(w), int(w)) for w in widths.split(",") if w]
     for shape in (s for s in shapes.split(",") if s):
         rows, k, n = (int(v) for v in shape.lower().split("x"))
         out.append((rows, k, n))

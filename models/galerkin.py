@@ -35,13 +35,15 @@ from models.widths import Axis, narrow
 
 Weights = dict[str, torch.Tensor]
 LAYER_NORM_EPS = 1e-5  # F.layer_norm's default, which the weights were trained with
-# Queries per tile of the per-query layers at inference: a tile's 256-wide activations (4 MiB)
-# stay in cache from one layer to the next; whole chunks (65,536+ queries) spilled to memory.
-QUERY_TILE = 4096
+# Bytes of a tile's widest per-query tensor at inference (its k/v product, FFN hidden layer or
+# the head's hidden layer; `GalerkinDecoder.query_tile`): under glibc's 32 MiB mmap ceiling, so
+# the allocator reuses its pages from tile to tile (`models.allocator`).
+TILE_BYTES = 16 * 2**20
 # Lifted queries are made in pieces of at most this many bytes per image (`lift_piece`): glibc
 # maps every block over 32 MiB afresh and unmaps it when freed, so a chunk lifted whole at
 # d ≥ 128 faulted in its pages on every call (SSRNO M ×2 at 128²: 16,000 faults per decode).
 LIFT_PIECE_BYTES = 16 * 2**20
+PIECE_STEP = 4096  # pieces are whole multiples of this many queries, at least one
 
 
 @dataclass(frozen=True)
@@ -393,10 +395,29 @@ class GalerkinDecoder(nn.Module):
         per_query = sum(kv[i] + sum(run[:i]) for i in range(self.blocks)) + sum(run) + head
         return passes + total_q * per_query + maps
 
+    def query_tile(self, widths: DecoderWidths) -> int:
+        """Queries per tile of the per-query layers at inference: the largest power of two
+        whose widest tensor fits `TILE_BYTES` (16,384 queries up to 256 floats per query, as
+        in SSRNO XS–M and AnySR w0.5; 8,192 from L up, whose k/v products are wider).
+
+        Each tile costs a fixed number of calls, and right after a tile's products have filled
+        the caches each call's Python work runs several times slower than alone (a k/v sum's
+        array handling took about 90 µs on top of its 4,096-query product and loop, d = 64).
+        A narrow tier does little work per query, so with the 4,096-query tiles used until
+        2026-12-03 such costs were a large share of its decoder (BLAS also runs the narrow
+        products a little faster on more rows). Against those tiles, these took
+        the decoders to (medians of 4 rounds, `scripts/ab_bench.sh`, 128², 2 threads, ×2 / ×4)
+        SSRNO XS 0.79 / 0.84, S 0.89 / 0.84, M 0.84 / 0.85, L 0.97 / 0.92, X 0.92 / 0.95, AnySR
+        w0.5 0.85 / 0.83, w0.7–w1 0.89–0.98. Their 4–16 MiB activations no longer stay in a
+        core's L2 cache from one layer to the next; the narrow tiers gained all the same.
+        """
+        widest = max(2 * max(widths.attn), max(widths.ffn), self.fc1.out_features)
+        return 1 << (TILE_BYTES // (4 * widest)).bit_length() - 1
+
     @staticmethod
     def lift_piece(trunk: int) -> int:
-        """Queries per piece of lifted queries at this trunk width (whole tiles)."""
-        return max(QUERY_TILE, LIFT_PIECE_BYTES // (4 * trunk) // QUERY_TILE * QUERY_TILE)
+        """Queries per piece of lifted queries at this trunk width (a multiple of `PIECE_STEP`)."""
+        return max(PIECE_STEP, LIFT_PIECE_BYTES // (4 * trunk) // PIECE_STEP * PIECE_STEP)
 
     def params_used(self, widths: DecoderWidths) -> int:
         d = widths.trunk
@@ -471,9 +492,10 @@ class GalerkinSR(ScalableSR):
         32 MiB mmap ceiling, whose pages were faulted in afresh on every call, and pieces took
         SSRNO M ×2 and AnySR w0.5 ×2 to 0.86–0.89 of their decoder time, L ×4 0.85, X ×2
         0.90–0.94 (128², 2 threads, three alternating runs). Within a piece the per-query layers
-        run `QUERY_TILE` queries at a time, so that their widest activations stay in cache
-        between one layer and the next. On CPU at inference a piece is lifted by one compiled
-        loop over its output rows (`models.lift_grid`), the same values as `lift_queries`.
+        run a tile of queries at a time (`GalerkinDecoder.query_tile`), so that their widest
+        activations reuse the same memory from one layer to the next. On CPU at inference a
+        piece is lifted by one compiled loop over its output rows (`models.lift_grid`), the
+        same values as `lift_queries`.
         """
         p, dec = state.weights, self.decoder
         b, total = lr.shape[0], size[0] * size[1]
@@ -493,8 +515,11 @@ class GalerkinSR(ScalableSR):
             table = dec.lift_table(p, state.feat, band)
             return lift_span(table, band, axes, position, b, grid[1], (start, stop)), coord
 
+        widths = self.decoder_widths(knob)
+        tile = dec.query_tile(widths)
+
         def tiles(n: int) -> list[tuple[int, int]]:
-            return [(s, min(n, s + QUERY_TILE)) for s in range(0, n, QUERY_TILE)]
+            return [(s, min(n, s + tile)) for s in range(0, n, tile)]
 
         piece = dec.lift_piece(p["lift.pos"].shape[0])
         pieces = [(start, min(total, start + piece)) for start in range(0, total, piece)]

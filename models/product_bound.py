@@ -24,7 +24,7 @@ from models.allocator import retain_freed_memory
 from models.base import model_range
 from models.bench import gflops, matmul_gflops, timed, write_json
 from models.defaults import DEFAULT_MAX_QUERIES
-from models.galerkin import QUERY_TILE, GalerkinSR
+from models.galerkin import GalerkinSR
 from models.images import synthetic_photo
 from models.implicit import GridAxes
 
@@ -47,9 +47,9 @@ def products(
     x = torch.randn(1, total, d)
     maps = [(torch.randn(1, f, d) / d**0.5, torch.randn(1, f)) for f in widths.ffn]
     axes = GridAxes.of(out_size, lr_size)
-    piece = dec.lift_piece(d)
+    piece, tile = dec.lift_piece(d), dec.query_tile(widths)
     bands = [axes.band(out_size[1], s, min(total, s + piece)) for s in range(0, total, piece)]
-    tiles = [(s, min(total, s + QUERY_TILE)) for s in range(0, total, QUERY_TILE)]
+    tiles = [(s, min(total, s + tile)) for s in range(0, total, tile)]
 
     def run() -> None:
         for band in bands:

@@ -4,6 +4,7 @@
 # a change to how threads run BLAS also slows the other side (models/README), so A/Bs of such
 # changes go through here.
 # Usage: scripts/ab_bench.sh BASE_REF [ROUNDS] [models.bench args, e.g. --methods ssrno --scales 2]
+# AB_KEEP=DIR keeps each round's bench JSON (base-N.json, change-N.json) there.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 py=${PYTHON:-.venv/bin/python}
@@ -32,3 +33,6 @@ for round in $(seq "$rounds"); do
     fi
 done
 "$py" -m models.compare_benches --base "$work"/base-*.json --change "$work"/change-*.json
+if [[ -n "${AB_KEEP:-}" ]]; then
+    mkdir -p "$AB_KEEP" && cp "$work"/base-*.json "$work"/change-*.json "$AB_KEEP"/
+fi

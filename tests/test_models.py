@@ -480,21 +480,50 @@ def test_models_built_inside_inference_mode_serve(lr_image) -> None:
 def test_galerkin_pieces_of_lifted_queries_change_neither_output_nor_mac_count(
     built_models, lr_image, name, max_queries, monkeypatch
 ) -> None:
-    """Lifted queries made in pieces (`LIFT_PIECE_BYTES`), here of one tile each, in one pass
+    """Lifted queries made in pieces (`LIFT_PIECE_BYTES`), here of 4,096 queries each, in one pass
     and in several: the output of pieces as large as the image, and the counted MACs."""
     from models import galerkin
 
     model = built_models[name]
-    size = (97, 130)  # ×8.8 by ×9.3: three and more tiles
+    size = (97, 130)  # ×8.8 by ×9.3: four pieces
     tier = model.tiers()[0]
     whole = model.upscale(lr_image, size, tier, max_queries=max_queries)
-    monkeypatch.setattr(galerkin, "LIFT_PIECE_BYTES", 1)  # one tile per piece
-    assert model.decoder.lift_piece(model.decoder_widths(tier.knob).trunk) == galerkin.QUERY_TILE
+    monkeypatch.setattr(galerkin, "LIFT_PIECE_BYTES", 1)  # pieces of the least size
+    assert model.decoder.lift_piece(model.decoder_widths(tier.knob).trunk) == galerkin.PIECE_STEP
     torch.testing.assert_close(model.upscale(lr_image, size, tier, max_queries=max_queries), whole)
     with counting() as counter:
         model.upscale(lr_image, size, tier, max_queries=max_queries)
     expected = model.macs(tier, tuple(lr_image.shape[-2:]), size, max_queries=max_queries)
     assert counter.get_total_flops() // 2 == expected
+
+
+@pytest.mark.parametrize("name", ["ssrno", "anysr"])
+@pytest.mark.parametrize("max_queries", [10**6, 2000])
+def test_galerkin_query_tiles_change_only_the_order_of_sums(
+    built_models, lr_image, name, max_queries, monkeypatch
+) -> None:
+    """Tiles of the per-query layers hold a power of two of queries whose widest tensor fits
+    `TILE_BYTES`; smaller tiles (many per piece, a short last one) decode the same image, the
+    k/v sums being added in another order."""
+    from models import galerkin
+
+    model = built_models[name]
+    dec = model.decoder
+
+    def widest_bytes(w) -> int:
+        return 4 * max(2 * max(w.attn), max(w.ffn), dec.fc1.out_features)
+
+    for tier in model.tiers():
+        w = model.decoder_widths(tier.knob)
+        tile = dec.query_tile(w)
+        assert tile & (tile - 1) == 0
+        assert tile * widest_bytes(w) <= galerkin.TILE_BYTES < 2 * tile * widest_bytes(w)
+    size = (97, 130)
+    tier = model.tiers()[0]
+    whole = model.upscale(lr_image, size, tier, max_queries=max_queries)
+    monkeypatch.setattr(galerkin, "TILE_BYTES", 600 * widest_bytes(model.decoder_widths(tier.knob)))
+    assert dec.query_tile(model.decoder_widths(tier.knob)) == 512
+    torch.testing.assert_close(model.upscale(lr_image, size, tier, max_queries=max_queries), whole)
 
 
 @pytest.mark.parametrize("name", METHODS)
