@@ -48,8 +48,9 @@ def test_decoding_reuses_freed_memory_instead_of_faulting_it_in_again() -> None:
     # glibc's defaults mostly fault fresh zero-filled pages in for every tile (170,000–250,000
     # over the 8 decodes), but not in every run: the same host also read 2,552 (huge pages, by
     # the kernel's state), so the default count is printed, not bounded. Tuned, the 8 decodes
-    # reuse what the first one faulted in: 450 or 2,048 on that host, never per tile.
-    assert faults < 5_000, f"tuned {faults} faults, glibc's defaults {default_faults}"
+    # reuse what the first one faulted in: 450–4,273 on that host (8 runs), and once over 5,000
+    # within `make test`. Faulting per tile would be about 100,000: 40 tiles of ~10 MiB.
+    assert faults < 20_000, f"tuned {faults} faults, glibc's defaults {default_faults}"
 
 
 def test_operator_settings_are_left_alone(monkeypatch) -> None:
