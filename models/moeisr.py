@@ -229,11 +229,10 @@ class MoEISR(ScalableSR):
         lo, hi = band_rows(index, w)
         offset = (torch.arange(b, device=coord.device) * (hi - lo) * w)[:, None, None] - lo * w
         rows = index + offset  # (B, 4, Q) into the band's table
-        offsets = self.columns.offset
         sole = self.sole_expert(state)
         if sole is not None:
             table = self.band_product(state, (lo, hi), sole)
-            pos_weight = self.first(sole).weight[:, offsets]
+            pos_weight = self.offset_weight(sole)
             bias = self.first_bias(sole, out_size, state.feat.shape[-2:], coord.device)
             return decode_queries(self.experts[sole], table, bias, rows, rel, weight, pos_weight)
         table, band_pick = self.band_table(state, (lo, hi), out_size)
@@ -241,7 +240,7 @@ class MoEISR(ScalableSR):
         y = rel.new_empty(rel.shape[0], 3)
         for j, pairs in expert_groups(band_pick[rows], len(self.experts)):
             at_rows, at_rel = (rows, rel) if pairs is None else (rows[pairs], rel[pairs])
-            out = decode_pairs(self.experts[j], table, at_rows, at_rel, self.first(j).weight[:, offsets])
+            out = decode_pairs(self.experts[j], table, at_rows, at_rel, self.offset_weight(j))
             if pairs is None:
                 y = out
             else:
@@ -251,6 +250,14 @@ class MoEISR(ScalableSR):
     def first(self, j: int) -> nn.Linear:
         """Expert j's first layer, over [feature, offset, cell] (`columns`)."""
         return self.experts[j].net[0]
+
+    def feature_weight(self, j: int) -> torch.Tensor:
+        """Expert j's first-layer weights on the LR feature (hidden, C): taken once per LR pixel."""
+        return self.first(j).weight[:, self.columns.feature]
+
+    def offset_weight(self, j: int) -> torch.Tensor:
+        """Expert j's first-layer weights on the pair's two offset columns (hidden, 2)."""
+        return self.first(j).weight[:, self.columns.offset]
 
     def first_bias(self, j: int, out_size: tuple[int, int], grid: tuple[int, int], device) -> torch.Tensor:
         """Expert j's first-layer bias with the image's cell columns folded in: the cell is the
@@ -269,7 +276,7 @@ class MoEISR(ScalableSR):
         without its bias: for one expert on every pixel, whose loops add its bias themselves. A
         bare product writes no copy of the bias into a 16 MiB output first (at 128² × 2 it took
         0.73 of the time)."""
-        return F.linear(self.band_features(state, band), self.first(j).weight[:, self.columns.feature])
+        return F.linear(self.band_features(state, band), self.feature_weight(j))
 
     def band_table(
         self, state: MoEState, band: tuple[int, int], out_size: tuple[int, int]
@@ -282,7 +289,7 @@ class MoEISR(ScalableSR):
         band_pick = state.pick[:, band[0] * w : band[1] * w].reshape(-1)
         table = None  # allocated only where several experts share the band
         for j, rows in expert_groups(band_pick, len(self.experts)):
-            weight = self.first(j).weight[:, self.columns.feature]
+            weight = self.feature_weight(j)
             j_bias = self.first_bias(j, out_size, (h, w), band_feat.device)
             if rows is None:  # one expert takes the whole band (low budgets): no copies in and out
                 table = F.linear(band_feat, weight, j_bias)
@@ -303,7 +310,7 @@ class MoEISR(ScalableSR):
         sole = self.sole_expert(state)
         if sole is None:
             return super().decode_image(state, lr, size, knob, chunk)
-        expert, weight = self.experts[sole], self.first(sole).weight[:, self.columns.offset]
+        expert, weight = self.experts[sole], self.offset_weight(sole)
         if not fusable(expert, weight, state.feat, lr):
             return super().decode_image(state, lr, size, knob, chunk)
         (b, _, h, w), (out_h, out_w) = state.feat.shape, size
