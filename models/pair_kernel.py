@@ -80,14 +80,14 @@ def _kernels():
             out[i, 2] = o2 + out_bias[2]
 
     @njit(inline="always", fastmath=True)
-    def mixed(
-        table, rows, offsets, weights, pos_weight, first_bias, out_weight, out_bias
-    ):  # pragma: no cover
+    def mixed(table, rows, offsets, weights, layers):  # pragma: no cover
         """One query's four pairs side by side and their mix, taken before the output layer
         (which is linear): rows (4,) into table, offsets (4 × (2,)) the pairs' two offset
-        columns, weights (4,). The first layer's bias is added here, with the offset product,
+        columns, weights (4,); layers: (offset columns, first-layer bias, output weight, its
+        bias). The first layer's bias is added here, with the offset product,
         at no cost where pairs share an offset (b0's grid: a multiply-add instead of a multiply)."""
         zero = np.float32(0.0)
+        pos_weight, first_bias, out_weight, out_bias = layers
         r0, r1, r2, r3 = rows
         (a0, b0), (a1, b1), (a2, b2), (a3, b3) = offsets
         w0, w1, w2, w3 = weights
@@ -105,9 +105,7 @@ def _kernels():
         return s0 + total * out_bias[0], s1 + total * out_bias[1], s2 + total * out_bias[2]
 
     @njit(inline="always", fastmath=True)
-    def mixed_two(
-        table, rows, rel_y, rel_x, weights, pos_weight, first_bias, out_weight, out_bias
-    ):  # pragma: no cover
+    def mixed_two(table, rows, rel_y, rel_x, weights, layers):  # pragma: no cover
         """`mixed` for two queries of one output row whose four neighbours are the same LR
         pixels (runs of them make up b0's grid at ×2 and up): rel_y the shared row offsets,
         rel_x the two queries' column offsets, weights their pairs' weights. Each table row,
@@ -115,6 +113,7 @@ def _kernels():
         and query the loop does 18 vector operations instead of 21 (by count, ReLU and the
         table's add included) and half the loads."""
         zero = np.float32(0.0)
+        pos_weight, first_bias, out_weight, out_bias = layers
         r0, r1, r2, r3 = rows
         y0, y1 = rel_y
         (a0, a1), (b0, b1) = rel_x
@@ -168,6 +167,7 @@ def _kernels():
         table, rows, rel, weight, pos_weight, first_bias, out_weight, out_bias, out, start, stop
     ):  # pragma: no cover
         q = rows.shape[2]
+        layers = (pos_weight, first_bias, out_weight, out_bias)
         for i in range(start, stop):
             b, j = i // q, i % q
             four = (rows[b, 0, j], rows[b, 1, j], rows[b, 2, j], rows[b, 3, j])
@@ -178,9 +178,7 @@ def _kernels():
                 (rel[b, 3, j, 0], rel[b, 3, j, 1]),
             )
             weights = (weight[b, 0, j], weight[b, 1, j], weight[b, 2, j], weight[b, 3, j])
-            out[b, j, 0], out[b, j, 1], out[b, j, 2] = mixed(
-                table, four, offsets, weights, pos_weight, first_bias, out_weight, out_bias
-            )
+            out[b, j, 0], out[b, j, 1], out[b, j, 2] = mixed(table, four, offsets, weights, layers)
 
     @njit(
         types.void(c2, ax_i, ax_f, ax_i, ax_f, c4, c2, c1, c2, c1, c3, i8, i8, i8, i8, i8, i8),
@@ -208,6 +206,7 @@ def _kernels():
     ):  # pragma: no cover
         zero, half = np.float32(0.0), np.float32(0.5)
         w, width = image.shape[3], ix.shape[1]
+        layers = (pos_weight, first_bias, out_weight, out_bias)
         b, at = start // count, first + start % count
         y, x = at // width, at % width
         i = start
@@ -228,31 +227,14 @@ def _kernels():
             )
             if two:
                 z0, z1 = rx[0, x + 1], rx[1, x + 1]
-                o, p = mixed_two(
-                    table,
-                    rows,
-                    (y0, y1),
-                    ((x0, x1), (z0, z1)),
-                    (grid_weights(y0, y1, x0, x1), grid_weights(y0, y1, z0, z1)),
-                    pos_weight,
-                    first_bias,
-                    out_weight,
-                    out_bias,
-                )
+                weights = (grid_weights(y0, y1, x0, x1), grid_weights(y0, y1, z0, z1))
+                o, p = mixed_two(table, rows, (y0, y1), ((x0, x1), (z0, z1)), weights, layers)
                 for c in range(OUT_CHANNELS):
                     out[b, c, at] = o[c] + residual_base(image, b, c, t, u, left, right, fy, x0, x1)
                     out[b, c, at + 1] = p[c] + residual_base(image, b, c, t, u, left, right, fy, z0, z1)
             else:
-                o = mixed(
-                    table,
-                    rows,
-                    ((y0, x0), (y0, x1), (y1, x0), (y1, x1)),
-                    grid_weights(y0, y1, x0, x1),
-                    pos_weight,
-                    first_bias,
-                    out_weight,
-                    out_bias,
-                )
+                offsets = ((y0, x0), (y0, x1), (y1, x0), (y1, x1))
+                o = mixed(table, rows, offsets, grid_weights(y0, y1, x0, x1), layers)
                 for c in range(OUT_CHANNELS):
                     out[b, c, at] = o[c] + residual_base(image, b, c, t, u, left, right, fy, x0, x1)
             # The next pixel (or the one after), without two integer divisions per pixel
