@@ -151,12 +151,16 @@ def _kernels():
         return a3 / total, a2 / total, a1 / total, a0 / total
 
     @njit(inline="always", fastmath=True)
-    def residual_base(image, b, c, t, u, left, right, fy, x0, x1):  # pragma: no cover
-        """The bilinear upsample of channel c at a grid query, border-padded like `bilinear_at`:
-        per axis the far neighbour's share is the offset from the near one over their distance
-        (fy given for the row); at an edge both neighbours on that axis are the edge pixel."""
-        dx = abs(x0) + abs(x1)
-        fx = abs(x0) / dx if dx > np.float32(0.0) else np.float32(0.5)
+    def far_share(near, far):  # pragma: no cover
+        """The far neighbour's share on one axis of the bilinear upsample, border-padded like
+        `bilinear_at`: the offset from the near one over their distance; at an edge, where
+        both neighbours are the edge pixel, a half."""
+        d = abs(near) + abs(far)
+        return abs(near) / d if d > np.float32(0.0) else np.float32(0.5)
+
+    @njit(inline="always", fastmath=True)
+    def residual_base(image, b, c, t, u, left, right, fy, fx):  # pragma: no cover
+        """The bilinear upsample of channel c at a grid query (`far_share` per axis)."""
         lr = image[b, c]
         upper = lr[t, left] + fx * (lr[t, right] - lr[t, left])
         lower = lr[u, left] + fx * (lr[u, right] - lr[u, left])
@@ -204,7 +208,6 @@ def _kernels():
         start,
         stop,
     ):  # pragma: no cover
-        zero, half = np.float32(0.0), np.float32(0.5)
         w, width = image.shape[3], ix.shape[1]
         layers = (pos_weight, first_bias, out_weight, out_bias)
         b, at = start // count, first + start % count
@@ -215,8 +218,7 @@ def _kernels():
             top, bottom = (t - lo) * w + b * band, (u - lo) * w + b * band
             rows = (top + left, top + right, bottom + left, bottom + right)
             y0, y1, x0, x1 = ry[0, y], ry[1, y], rx[0, x], rx[1, x]
-            dy = abs(y0) + abs(y1)
-            fy = abs(y0) / dy if dy > zero else half
+            fy, fx = far_share(y0, y1), far_share(x0, x1)
             # The next pixel of this row, image and span, if it has the same four neighbours.
             two = (
                 i + 1 < stop
@@ -229,14 +231,15 @@ def _kernels():
                 z0, z1 = rx[0, x + 1], rx[1, x + 1]
                 weights = (grid_weights(y0, y1, x0, x1), grid_weights(y0, y1, z0, z1))
                 o, p = mixed_two(table, rows, (y0, y1), ((x0, x1), (z0, z1)), weights, layers)
+                fz = far_share(z0, z1)
                 for c in range(OUT_CHANNELS):
-                    out[b, c, at] = o[c] + residual_base(image, b, c, t, u, left, right, fy, x0, x1)
-                    out[b, c, at + 1] = p[c] + residual_base(image, b, c, t, u, left, right, fy, z0, z1)
+                    out[b, c, at] = o[c] + residual_base(image, b, c, t, u, left, right, fy, fx)
+                    out[b, c, at + 1] = p[c] + residual_base(image, b, c, t, u, left, right, fy, fz)
             else:
                 offsets = ((y0, x0), (y0, x1), (y1, x0), (y1, x1))
                 o = mixed(table, rows, offsets, grid_weights(y0, y1, x0, x1), layers)
                 for c in range(OUT_CHANNELS):
-                    out[b, c, at] = o[c] + residual_base(image, b, c, t, u, left, right, fy, x0, x1)
+                    out[b, c, at] = o[c] + residual_base(image, b, c, t, u, left, right, fy, fx)
             # The next pixel (or the one after), without two integer divisions per pixel
             # (`lift_grid` does the same); a pair never ends a row, image or span.
             for _ in range(2 if two else 1):
