@@ -521,7 +521,7 @@ class GalerkinSR(ScalableSR):
         def tiles(n: int) -> list[tuple[int, int]]:
             return [(s, min(n, s + tile)) for s in range(0, n, tile)]
 
-        piece = dec.lift_piece(p["lift.pos"].shape[0])
+        piece = dec.lift_piece(widths.trunk)
         pieces = [(start, min(total, start + piece)) for start in range(0, total, piece)]
 
         # Σkᵀv is summed tile by tile as the tiles go: never a list that grows with the output.

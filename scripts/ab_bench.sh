@@ -32,7 +32,7 @@ for round in $(seq "$rounds"); do
         bench change "$round" .; bench base "$round" "$work/base"
     fi
 done
-"$py" -m models.compare_benches --base "$work"/base-*.json --change "$work"/change-*.json
-if [[ -n "${AB_KEEP:-}" ]]; then
+if [[ -n "${AB_KEEP:-}" ]]; then  # kept first: the runs outlive a comparison that fails
     mkdir -p "$AB_KEEP" && cp "$work"/base-*.json "$work"/change-*.json "$AB_KEEP"/
 fi
+"$py" -m models.compare_benches --base "$work"/base-*.json --change "$work"/change-*.json
