@@ -8,16 +8,20 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from models import thin_product
 from models.loop_pool import can_run
 
 
 def thin_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
-    """x·Wᵀ + b for an output only a few channels wide (the decoders' RGB layer), as W·xᵀ.
+    """x·Wᵀ + b for an output only a few channels wide (the decoders' RGB layer).
 
-    CPU BLAS runs a (rows × C)·(C × 3) product far below its speed; taken as (3 × C)·(C × rows)
-    it costs 0.72–0.83 of the time, copy of the result included (2,048 and 4,096 rows, C = 256,
-    one and two threads). The result is a transposed view of shape (..., out).
+    CPU BLAS runs a (rows × C)·(C × 3) product far below its speed, so on CPU at inference a
+    compiled loop takes it (`models.thin_product`). Elsewhere (CUDA, autograd, dispatch modes)
+    it is taken as (3 × C)·(C × rows), which on a Xeon cost 0.72–0.83 of the plain product's
+    time; the result is then a transposed view of shape (..., out).
     """
+    if can_run(x, weight, bias):
+        return thin_product.linear(x, weight, bias)
     flat = x.reshape(-1, x.shape[-1])
     return torch.addmm(bias[:, None], weight, flat.t()).t().view(*x.shape[:-1], weight.shape[0])
 
