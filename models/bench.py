@@ -65,9 +65,22 @@ def matmul_gflops(n: int = 1024, repeats: int = 20, rows: int | None = None, k: 
     return gflops(rows * k * n, statistics.median(times))
 
 
+def cpu_model() -> str:
+    """The CPU's model name as Linux reports it, else what `platform` knows (on Linux its
+    `processor()` is empty). Timings and their shares of the matmul peak differ from one CPU
+    model to another (models/README), so every result names the one it was measured on."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def write_json(path: str, fields: dict[str, Any]) -> None:
     """A run's results as JSON, with the host and torch they were measured on and the date."""
-    host = {"machine": platform.machine(), "processor": platform.processor()}
+    host = {"machine": platform.machine(), "processor": platform.processor(), "cpu": cpu_model()}
     host |= {"threads": torch.get_num_threads(), "torch": torch.__version__}
     result = {**host, **fields, "date": time.strftime("%Y-%m-%d")}
     Path(path).parent.mkdir(parents=True, exist_ok=True)

@@ -94,6 +94,7 @@ def merge_bench(manifest: dict[str, Any], bench: dict[str, Any]) -> None:
         "lr_size": bench["lr_size"],
         "threads": bench["threads"],
         "date": bench.get("date"),
+        "cpu": bench.get("cpu"),  # benches before 2026-12-03 do not name it
         "matmul_peak_gflops": round(bench["matmul_peak_gflops"], 1),
     }
 

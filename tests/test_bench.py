@@ -19,6 +19,7 @@ def test_bench_writes_every_tier_with_side_by_side_peak(tmp_path) -> None:
     args = ["--methods", "moeisr", "--scales", "2", "--size", "12", "--repeats", "1", "--threads", "1"]
     assert bench.main([*args, "--gemm-widths", "16,64", "--gemm-shapes", "64x4x32", "--json", str(out)]) == 0
     result = json.loads(out.read_text())
+    assert result["cpu"]  # the CPU model the timings belong to
     rows = result["rows"]
     assert [r["tier"] for r in rows] == ["b0", "b25", "b45", "b70", "full"]
     for r in rows:
