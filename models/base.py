@@ -18,7 +18,7 @@ from torch import nn
 from torch.utils._pytree import tree_map
 
 from models.defaults import DEFAULT_MAX_QUERIES
-from models.implicit import bilinear_at, flat_coords
+from models.implicit import bilinear_at, flat_coords, spans
 from models.tiers import Tier
 
 
@@ -114,8 +114,7 @@ class ScalableSR(nn.Module):
         (`chunk_queries` of the budget; exact for decoders with independent queries)."""
         b, total = lr.shape[0], size[0] * size[1]
         out = torch.empty(b, total, 3, device=lr.device)
-        for start in range(0, total, chunk):
-            stop = min(total, start + chunk)
+        for start, stop in spans(total, chunk):
             coord = flat_coords(size, start, stop, lr.device).expand(b, -1, -1)
             out[:, start:stop] = self.decode(state, coord, size, knob) + bilinear_at(lr, coord)
         return out.transpose(1, 2).reshape(b, 3, *size)

@@ -25,7 +25,7 @@ from torch import nn
 from models import local_attention
 from models.base import DEFAULT_MAX_QUERIES, ScalableSR
 from models.encoder import EDSREncoder
-from models.implicit import nearest_index, pixel_centres, relative_cell
+from models.implicit import nearest_index, pixel_centres, relative_cell, spans
 from models.loop_pool import can_run
 from models.mlp import MLP, linear_act_images
 from models.registry import register
@@ -184,7 +184,7 @@ class Stage(nn.Module):
             return self.mlp.after_first(hidden, activated=True)
 
         # Tiles of queries keep the gathered codes and the MLP's activations in cache.
-        return torch.cat([attend(s, min(nq, s + ATTENTION_TILE)) for s in range(0, nq, ATTENTION_TILE)], 1)
+        return torch.cat([attend(s, e) for s, e in spans(nq, ATTENTION_TILE)], 1)
 
     def macs(self, grid_pixels: int, queries: int, chunks: int = 1) -> int:
         """MACs of `chunks` calls on bands of `grid_pixels` in all, for `queries` in all (batch 1)."""

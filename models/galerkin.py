@@ -27,6 +27,7 @@ from models.implicit import (
     flat_coords,
     neighbour_grid,
     relative_cell,
+    spans,
 )
 from models.lift_grid import lift_span
 from models.loop_pool import can_run
@@ -517,22 +518,19 @@ class GalerkinSR(ScalableSR):
 
         widths = self.decoder_widths(knob)
         tile = dec.query_tile(widths)
-
-        def tiles(n: int) -> list[tuple[int, int]]:
-            return [(s, min(n, s + tile)) for s in range(0, n, tile)]
-
-        piece = dec.lift_piece(widths.trunk)
-        pieces = [(start, min(total, start + piece)) for start in range(0, total, piece)]
+        pieces = spans(total, dec.lift_piece(widths.trunk))
 
         # Σkᵀv is summed tile by tile as the tiles go: never a list that grows with the output.
         if total <= chunk:
             lifted_pieces = [(start, *lifted(start, stop)) for start, stop in pieces]
-            kv = sum(dec.kv_sum(p, 0, x[:, s:e]) for _, x, _ in lifted_pieces for s, e in tiles(x.shape[1]))
+            kv = sum(
+                dec.kv_sum(p, 0, x[:, s:e]) for _, x, _ in lifted_pieces for s, e in spans(x.shape[1], tile)
+            )
             for i in range(dec.blocks):
                 attention.append(dec.attention_map(p, i, dec.kv_mean(p, i, kv)))
                 kv = 0
                 for start, x, _ in lifted_pieces:
-                    for s, e in tiles(x.shape[1]):
+                    for s, e in spans(x.shape[1], tile):
                         y = dec.block(p, i, x[:, s:e], attention[i])  # in place: x holds y
                         if i + 1 < dec.blocks:
                             kv = kv + dec.kv_sum(p, i + 1, y)
@@ -544,7 +542,7 @@ class GalerkinSR(ScalableSR):
 
         def through(x: torch.Tensor, depth: int):
             """Each tile of a piece's lifted queries after blocks < depth (in place in x)."""
-            for s, e in tiles(x.shape[1]):
+            for s, e in spans(x.shape[1], tile):
                 y = x[:, s:e]
                 for i in range(depth):
                     y = dec.block(p, i, y, attention[i])

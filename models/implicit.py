@@ -30,6 +30,12 @@ def pixel_coords(size: tuple[int, int], idx: torch.Tensor) -> torch.Tensor:
     return torch.stack([ys, xs], dim=-1)
 
 
+def spans(n: int, step: int) -> list[tuple[int, int]]:
+    """[start, stop) of consecutive runs of `step` items covering [0, n), the last one shorter:
+    the chunks, pieces and tiles that decoders take row-major queries in."""
+    return [(start, min(n, start + step)) for start in range(0, n, step)]
+
+
 def flat_coords(size: tuple[int, int], start: int, stop: int, device: torch.device) -> torch.Tensor:
     """Coordinates (stop-start, 2) of the row-major pixels [start, stop) of an image of `size`."""
     return pixel_coords(size, torch.arange(start, stop, device=device))

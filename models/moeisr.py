@@ -35,6 +35,7 @@ from models.implicit import (
     mix_neighbours,
     neighbour_grid,
     relative_cell,
+    spans,
 )
 from models.mlp import MLP
 from models.pair_kernel import decode_grid, decode_pairs, decode_queries, fusable, query_macs
@@ -317,8 +318,7 @@ class MoEISR(ScalableSR):
         axes = GridAxes.of(size, (h, w), lr.device)
         bias = self.first_bias(sole, size, (h, w), lr.device)
         out = torch.empty(b, 3, out_h * out_w, device=lr.device)
-        for start in range(0, out_h * out_w, chunk):
-            stop = min(out_h * out_w, start + chunk)
+        for start, stop in spans(out_h * out_w, chunk):
             band = axes.band(out_w, start, stop)
             table = self.band_product(state, band, sole)
             decode_grid(expert, table, bias, band, axes, lr, weight, out, (start, stop))

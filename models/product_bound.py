@@ -26,7 +26,7 @@ from models.bench import gflops, matmul_gflops, timed, write_json
 from models.defaults import DEFAULT_MAX_QUERIES
 from models.galerkin import GalerkinSR
 from models.images import synthetic_photo
-from models.implicit import GridAxes
+from models.implicit import GridAxes, spans
 
 
 def products(
@@ -48,8 +48,8 @@ def products(
     maps = [(torch.randn(1, f, d) / d**0.5, torch.randn(1, f)) for f in widths.ffn]
     axes = GridAxes.of(out_size, lr_size)
     piece, tile = dec.lift_piece(d), dec.query_tile(widths)
-    bands = [axes.band(out_size[1], s, min(total, s + piece)) for s in range(0, total, piece)]
-    tiles = [(s, min(total, s + tile)) for s in range(0, total, tile)]
+    bands = [axes.band(out_size[1], s, e) for s, e in spans(total, piece)]
+    tiles = spans(total, tile)
 
     def run() -> None:
         for band in bands:
