@@ -20,9 +20,9 @@ from __future__ import annotations
 
 from functools import cache
 
-import numpy as np
 import torch
 
+from models.grid_loops import ensemble_weights
 from models.implicit import GridAxes
 from models.loop_pool import arrays, numba_for_host, run_blocks
 
@@ -35,6 +35,7 @@ def _kernel():
     """The loop, compiled on first use (a service's warm-up decodes a small image)."""
     numba = numba_for_host()
     njit, types = numba.njit, numba.types
+    grid_weights = ensemble_weights()  # a query's neighbour weights
 
     f4, i8 = types.float32, types.int64
     c2, c3 = (types.Array(f4, n, "C") for n in (2, 3))
@@ -50,7 +51,6 @@ def _kernel():
         table, iy, ry, ix, rx, pos, out, first, count, lo, band, lr_width, start, stop
     ):  # pragma: no cover
         """out[b, j] for items [start, stop) = (b, j) of count pixels per image from `first`."""
-        eps = np.float32(1e-9)
         d, width = out.shape[2], ix.shape[1]
         b, j = start // count, start % count
         y, x = (first + j) // width, (first + j) % width
@@ -62,11 +62,7 @@ def _kernel():
             r0, r1 = top + left * 4, top + right * 4 + 1
             r2, r3 = bottom + left * 4 + 2, bottom + right * 4 + 3
             y0, y1, x0, x1 = ry[0, y], ry[1, y], rx[0, x], rx[1, x]
-            # Bilinear weights: each neighbour's is the area opposite it (`neighbour_grid`).
-            a0, a1 = abs(y0 * x0) + eps, abs(y0 * x1) + eps
-            a2, a3 = abs(y1 * x0) + eps, abs(y1 * x1) + eps
-            total = a0 + a1 + a2 + a3
-            w0, w1, w2, w3 = a3 / total, a2 / total, a1 / total, a0 / total
+            w0, w1, w2, w3 = grid_weights(y0, y1, x0, x1)
             for k in range(d):  # indexed in full: a sliced row per item costs reference counting
                 out[b, j, k] = (
                     w0 * table[r0, k]

@@ -37,6 +37,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from models.grid_loops import ensemble_weights
 from models.implicit import GridAxes
 from models.loop_pool import arrays, can_run, numba_for_host, run_blocks
 from models.mlp import MLP
@@ -58,6 +59,7 @@ def _kernels():
     request."""
     numba = numba_for_host()
     njit, types = numba.njit, numba.types
+    grid_weights = ensemble_weights()  # a grid query's pair weights
 
     f4, i8 = types.float32, types.int64
     c1, c2, c3, c4 = (types.Array(f4, n, "C") for n in (1, 2, 3, 4))
@@ -140,15 +142,6 @@ def _kernels():
             (s0 + v * out_bias[0], s1 + v * out_bias[1], s2 + v * out_bias[2]),
             (t0 + w * out_bias[0], t1 + w * out_bias[1], t2 + w * out_bias[2]),
         )
-
-    @njit(inline="always", fastmath=True)
-    def grid_weights(y0, y1, x0, x1):  # pragma: no cover
-        """A grid query's pair weights: each pair's is the area opposite it (`neighbour_grid`)."""
-        eps = np.float32(1e-9)
-        a0, a1 = abs(y0 * x0) + eps, abs(y0 * x1) + eps
-        a2, a3 = abs(y1 * x0) + eps, abs(y1 * x1) + eps
-        total = a0 + a1 + a2 + a3
-        return a3 / total, a2 / total, a1 / total, a0 / total
 
     @njit(inline="always", fastmath=True)
     def far_share(near, far):  # pragma: no cover
