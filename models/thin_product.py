@@ -50,7 +50,14 @@ def _kernel():
 
 
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
-    """x·weightᵀ + bias for x (..., C), weight (O, C), bias (O): (..., O). CPU, float32, no autograd."""
+    """x·weightᵀ + bias for x (..., C), weight (O, C), bias (O): (..., O). CPU, float32, no autograd.
+
+    The shapes are checked here because the compiled loop indexes without bounds checks: a
+    mismatch would read past the weight where torch's product raises.
+    """
+    if weight.dim() != 2 or x.shape[-1] != weight.shape[1] or bias.shape != weight.shape[:1]:
+        shapes = f"x {tuple(x.shape)}, weight {tuple(weight.shape)}, bias {tuple(bias.shape)}"
+        raise ValueError(f"{shapes} do not match")
     flat = x.reshape(-1, x.shape[-1])
     out = torch.empty(flat.shape[0], weight.shape[0])
     run_blocks(_kernel(), flat.shape[0], [*arrays(flat, weight, bias), out.numpy()], ROW_BLOCK)

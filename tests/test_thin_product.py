@@ -35,6 +35,16 @@ def test_loop_reads_strided_inputs() -> None:
     assert torch.equal(thin_product.linear(x, weight, bias), want)
 
 
+@pytest.mark.parametrize(
+    ("x_shape", "w_shape", "b_shape"),
+    [((10, 64), (3, 32), (3,)), ((10, 32), (3, 32), (4,)), ((10, 3), (3,), (3,))],
+)
+def test_loop_refuses_mismatched_shapes(x_shape, w_shape, b_shape) -> None:
+    """The loop has no bounds checks, so a mismatch is refused before it runs, as torch would."""
+    with pytest.raises(ValueError, match="do not match"):
+        thin_product.linear(torch.randn(*x_shape), torch.randn(*w_shape), torch.randn(*b_shape))
+
+
 def test_thin_linear_steps_aside_for_autograd_and_dispatch_modes() -> None:
     """With gradients or under the FLOP counter, torch's product runs: both see it."""
     torch.manual_seed(2)
