@@ -80,7 +80,7 @@ def cpu_model() -> str:
 
 def write_json(path: str, fields: dict[str, Any]) -> None:
     """A run's results as JSON, with the host and torch they were measured on and the date."""
-    host = {"machine": platform.machine(), "processor": platform.processor(), "cpu": cpu_model()}
+    host = {"machine": platform.machine(), "cpu": cpu_model()}
     host |= {"threads": torch.get_num_threads(), "torch": torch.__version__}
     result = {**host, **fields, "date": time.strftime("%Y-%m-%d")}
     Path(path).parent.mkdir(parents=True, exist_ok=True)
