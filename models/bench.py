@@ -23,7 +23,9 @@ rounds does not see the conditions under which a tier was timed.
 Galerkin decoders' query tile: the rate a decoder made only of d-wide products could reach at best,
 which is what a narrow tier's fraction should be read against. `--gemm-shapes` times any
 (rows × k) @ (k × n) products, e.g. an MoEISR expert's thin layers (k = 4 offset/cell columns in,
-n = 3 colours out), whose BLAS rate bounds what a tier built on them can reach.
+n = 3 colours out), whose BLAS rate bounds what a tier built on them can reach; for those at most
+`THIN_OUTPUTS` wide it also times the compiled RGB loop against BLAS's plain and transposed
+products (`thin_loop_ratios`), e.g. `--gemm-shapes 16384x256x3,2048x256x3`.
 """
 
 from __future__ import annotations
@@ -38,7 +40,7 @@ from typing import Any
 
 import torch
 
-from models import registry
+from models import registry, thin_product
 from models.allocator import retain_freed_memory
 from models.base import model_range
 from models.defaults import DEFAULT_MAX_QUERIES
@@ -95,6 +97,34 @@ def parse_shapes(widths: str, shapes: str) -> list[tuple[int, int, int]]:
         rows, k, n = (int(v) for v in shape.lower().split("x"))
         out.append((rows, k, n))
     return out
+
+
+THIN_OUTPUTS = 8  # `--gemm-shapes` products at most this wide also time the RGB loop (thin_product)
+
+
+@torch.no_grad()
+def thin_loop_ratios(rows: int, k: int, n: int, repeats: int = 20) -> dict[str, float]:
+    """Time of the compiled thin-output loop (`models.thin_product`) over BLAS's, for x·Wᵀ + b
+    with x (rows × k), W (n × k): against the plain product and the transposed one,
+    (n × k)·(k × rows), that `mlp.thin_linear` takes off CPU. Medians of per-call ratios, the
+    three calls alternating, so that drift in the host's speed reaches them alike."""
+    x, weight, bias = torch.randn(rows, k), torch.randn(n, k), torch.randn(n)
+    calls = {
+        "loop": lambda: thin_product.linear(x, weight, bias),
+        "plain": lambda: torch.addmm(bias, x, weight.t()),
+        "transposed": lambda: torch.addmm(bias[:, None], weight, x.t()),
+    }
+    times: dict[str, list[float]] = {name: [] for name in calls}
+    for i in range(repeats + 1):  # the first round is a warm-up (and compiles the loop)
+        for name, call in calls.items():
+            seconds, _ = timed(call)
+            if i:
+                times[name].append(seconds)
+    loop = times["loop"]
+    return {
+        f"loop_over_{name}": statistics.median(a / b for a, b in zip(loop, times[name], strict=True))
+        for name in ("plain", "transposed")
+    }
 
 
 @torch.no_grad()
@@ -221,11 +251,16 @@ def main(argv: list[str] | None = None) -> int:
         )
     gemms = [
         {"rows": r, "k": k, "n": n, "fraction_of_matmul": statistics.median(narrow[(r, k, n)])}
+        | (thin_loop_ratios(r, k, n) if n <= THIN_OUTPUTS else {})
         for r, k, n in shapes
     ]
     for g in gemms:
         shape = f"({g['rows']} × {g['k']}) @ ({g['k']} × {g['n']})"
-        print(f"bare GEMM {shape}: {g['fraction_of_matmul']:.2f} of peak")
+        loop = ""
+        if "loop_over_plain" in g:
+            plain, transposed = g["loop_over_plain"], g["loop_over_transposed"]
+            loop = f"; RGB loop {plain:.2f} of its time, {transposed:.2f} of the transposed one's"
+        print(f"bare GEMM {shape}: {g['fraction_of_matmul']:.2f} of peak{loop}")
     print("cheapest / richest latency:", ", ".join(f"{k} {v:.2f}" for k, v in summary.items()))
     fields = {"lr_size": side, "input": args.input, "repeats": args.repeats, "matmul_peak_gflops": peak}
     fields |= {"rows": rows, "cheapest_over_richest_latency": summary, "bare_gemms": gemms}

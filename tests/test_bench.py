@@ -17,7 +17,10 @@ from models.implicit import chunked_band_pixels
 def test_bench_writes_every_tier_with_side_by_side_peak(tmp_path) -> None:
     out = tmp_path / "bench.json"
     args = ["--methods", "moeisr", "--scales", "2", "--size", "12", "--repeats", "1", "--threads", "1"]
-    assert bench.main([*args, "--gemm-widths", "16,64", "--gemm-shapes", "64x4x32", "--json", str(out)]) == 0
+    assert (
+        bench.main([*args, "--gemm-widths", "16,64", "--gemm-shapes", "64x4x32,100x16x3", "--json", str(out)])
+        == 0
+    )
     result = json.loads(out.read_text())
     assert result["cpu"]  # the CPU model the timings belong to
     rows = result["rows"]
@@ -28,8 +31,14 @@ def test_bench_writes_every_tier_with_side_by_side_peak(tmp_path) -> None:
         assert abs(r["decoder_fraction_of_matmul"] - r["decoder_gflops"] / r["matmul_gflops_beside"]) < 1e-9
     assert set(result["cheapest_over_richest_latency"]) == {"moeisr x2"}
     shapes = [(g["rows"], g["k"], g["n"]) for g in result["bare_gemms"]]
-    assert shapes == [(4096, 16, 16), (4096, 64, 64), (64, 4, 32)]
+    assert shapes == [(4096, 16, 16), (4096, 64, 64), (64, 4, 32), (100, 16, 3)]
     assert all(g["fraction_of_matmul"] > 0 for g in result["bare_gemms"])
+    # Only outputs a few channels wide time the RGB loop beside BLAS.
+    assert [("loop_over_plain" in g) for g in result["bare_gemms"]] == [False, False, False, True]
+    assert (
+        result["bare_gemms"][-1]["loop_over_plain"] > 0
+        and result["bare_gemms"][-1]["loop_over_transposed"] > 0
+    )
 
 
 def test_budget_frontier_reports_quality_and_latency_against_the_full_model(tmp_path) -> None:
