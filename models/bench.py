@@ -249,6 +249,8 @@ def main(argv: list[str] | None = None) -> int:
             f"{r['macs_per_output_pixel'] / 1e3:8.0f}k {r['latency_ms']:9.1f} {r['gflops']:8.1f} "
             f"{r['decoder_gflops']:8.1f} {r['decoder_fraction_of_matmul']:8.2f}"
         )
+    # The RGB loop is timed once, after every tier's rounds, with its own alternation of loop and
+    # BLAS calls (`thin_loop_ratios`): its ratios need no peak beside them.
     gemms = [
         {"rows": r, "k": k, "n": n, "fraction_of_matmul": statistics.median(narrow[(r, k, n)])}
         | (thin_loop_ratios(r, k, n) if n <= THIN_OUTPUTS else {})
