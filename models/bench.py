@@ -20,12 +20,13 @@ over repeats: on a shared host the speed drifts within a run, and a peak measure
 rounds does not see the conditions under which a tier was timed.
 
 `--gemm-widths` also times bare (rows × d) @ (d × d) products at the widths given, rows being the
-Galerkin decoders' query tile: the rate a decoder made only of d-wide products could reach at best,
-which is what a narrow tier's fraction should be read against. `--gemm-shapes` times any
-(rows × k) @ (k × n) products, e.g. an MoEISR expert's thin layers (k = 4 offset/cell columns in,
-n = 3 colours out), whose BLAS rate bounds what a tier built on them can reach; for those at most
-`THIN_OUTPUTS` wide it also times the compiled RGB loop against BLAS's plain and transposed
-products (`thin_loop_ratios`), e.g. `--gemm-shapes 16384x256x3,2048x256x3`.
+query tile of a Galerkin decoder d wide (`gemm_rows`): the rate a decoder made only of d-wide
+products could reach at best, which is what a narrow tier's fraction should be read against.
+`--gemm-shapes` times any (rows × k) @ (k × n) products, e.g. an MoEISR expert's thin layers
+(k = 4 offset/cell columns in, n = 3 colours out), whose BLAS rate bounds what a tier built on
+them can reach; for those at most `THIN_OUTPUTS` wide it also times the compiled RGB loop
+against BLAS's plain and transposed products (`thin_loop_ratios`), e.g. `--gemm-shapes
+16384x256x3,2048x256x3`.
 """
 
 from __future__ import annotations
@@ -40,13 +41,11 @@ from typing import Any
 
 import torch
 
-from models import registry, thin_product
+from models import galerkin, registry, thin_product
 from models.allocator import retain_freed_memory
 from models.base import model_range
 from models.defaults import DEFAULT_MAX_QUERIES
 from models.images import synthetic_photo
-
-GEMM_ROWS = 4096  # rows of each `--gemm-widths` product: a query tile of earlier benches
 
 
 def gflops(macs: int, seconds: float) -> float:
@@ -89,10 +88,20 @@ def write_json(path: str, fields: dict[str, Any]) -> None:
     Path(path).write_text(json.dumps(result, indent=1) + "\n")
 
 
+def gemm_rows(width: int) -> int:
+    """Rows of the bare d × d product at width d: the query tile that a Galerkin decoder with every
+    group d wide and SRNO's head runs its per-query layers in (`GalerkinDecoder.query_tile`;
+    16,384 up to d = 128, 8,192 above). Until bench 44 every width took 4,096 rows, the tile of
+    earlier benches, on which BLAS runs these products faster: on an AMD EPYC host 0.97–1.06 of
+    the peak at 4,096 rows against 0.80–0.91 at these (d = 64, 112, 176, 256; `--gemm-shapes`,
+    10 rounds, 2 threads)."""
+    return galerkin.tile_queries(max(2 * width, galerkin.PROJ_WIDTH))
+
+
 def parse_shapes(widths: str, shapes: str) -> list[tuple[int, int, int]]:
-    """(rows, k, n) of each bare product: `--gemm-widths` d → (`GEMM_ROWS`, d, d), `--gemm-shapes`
-    RxKxN as given."""
-    out = [(GEMM_ROWS, int(w), int(w)) for w in widths.split(",") if w]
+    """(rows, k, n) of each bare product: `--gemm-widths` d → (`gemm_rows`(d), d, d),
+    `--gemm-shapes` RxKxN as given."""
+    out = [(gemm_rows(int(w)), int(w), int(w)) for w in widths.split(",") if w]
     for shape in (s for s in shapes.split(",") if s):
         rows, k, n = (int(v) for v in shape.lower().split("x"))
         out.append((rows, k, n))

@@ -45,6 +45,13 @@ TILE_BYTES = 16 * 2**20
 # d ≥ 128 faulted in its pages on every call (SSRNO M ×2 at 128²: 16,000 faults per decode).
 LIFT_PIECE_BYTES = 16 * 2**20
 PIECE_STEP = 4096  # pieces are whole multiples of this many queries, at least one
+PROJ_WIDTH = 256  # the head's hidden layer (SRNO's), which no tier narrows
+
+
+def tile_queries(widest: int) -> int:
+    """Queries per tile whose widest per-query tensor, `widest` floats a query, fits `TILE_BYTES`:
+    the largest such power of two (`GalerkinDecoder.query_tile`)."""
+    return 1 << (TILE_BYTES // (4 * widest)).bit_length() - 1
 
 
 @dataclass(frozen=True)
@@ -92,7 +99,7 @@ class GalerkinDecoder(nn.Module):
         blocks: int = 2,
         heads: int = 16,
         ffn: int = 256,
-        proj: int = 256,
+        proj: int = PROJ_WIDTH,
     ) -> None:
         super().__init__()
         if width % heads:
@@ -412,8 +419,7 @@ class GalerkinDecoder(nn.Module):
         w0.5 0.85 / 0.83, w0.7–w1 0.89–0.98. Their 4–16 MiB activations no longer stay in a
         core's L2 cache from one layer to the next; the narrow tiers gained all the same.
         """
-        widest = max(2 * max(widths.attn), max(widths.ffn), self.fc1.out_features)
-        return 1 << (TILE_BYTES // (4 * widest)).bit_length() - 1
+        return tile_queries(max(2 * max(widths.attn), max(widths.ffn), self.fc1.out_features))
 
     @staticmethod
     def lift_piece(trunk: int) -> int:
