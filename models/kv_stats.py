@@ -28,13 +28,13 @@ from functools import cache
 import numpy as np
 import torch
 
-from models.loop_pool import numba_for_host, run_blocks
+from models import mlp
+from models.loop_pool import can_run, numba_for_host, run_blocks
 
 BLOCK = 4  # the outer product's register block: 16 accumulators
 # Floats per scratch row block (k̃·r_k·r_v and ṽ of one chunk of pixels, 2 × 12 KiB): a chunk's
 # statistics are made and summed while it stays in the L1 cache.
 SCRATCH_FLOATS = 3072
-MIN_PART = 512  # pixels per part of a split k/v product (`pixel_parts`)
 
 
 def padded(dh: int) -> int:
@@ -158,23 +158,25 @@ def _kernel():
 
 
 def product(x: torch.Tensor, weight: torch.Tensor, heads: int) -> torch.Tensor:
-    """[k̃; ṽ] without its bias, pixels last: (B, 2, heads, dh, N) for x (B, N, d)."""
-    b, n, d = x.shape
-    return torch.bmm(weight.expand(b, -1, d), x.transpose(1, 2)).view(b, 2, heads, -1, n)
+    """[k̃; ṽ] without its bias, pixels last: (B, 2, heads, dh, N) for x (B, N, d).
 
-
-def pixel_parts(x: torch.Tensor) -> int:
-    """Into how many parts of its pixels a tile's k/v product is split, one per thread.
-
-    Split, the product is one batched call of which each thread takes a part whole, on one
-    thread's BLAS kernel. Taken whole, BLAS shares the (2a × pixels) output among the threads
-    its own way, which at a = 96 and 128 ran at 0.80 and 0.88 of the matmul peak on 2 threads
-    against 0.95 and 0.99 for each thread's half (4,096 pixels). Only a single image's tile, which
-    is contiguous, and only parts of at least `MIN_PART` pixels.
+    On CPU, oneDNN's linear layer with the roles swapped: the weight W as its input and the
+    tile x as its weight, which is W·xᵀ, at about the speed oneDNN makes x·Wᵀ with pixels
+    first (1.03–1.12 of its time). Until 2026-12-04 BLAS made it, the tile's pixels split into
+    one part per thread; oneDNN takes 0.76–0.87 of that time at (rows × d) → 2a of 16,384 ×
+    64 → 128, 16,384 × 112 → 192, 8,192 × 176 → 352 and 8,192 × 256 → 512 (2 threads, AMD
+    EPYC). It keeps no packed copy of an ordinary tensor from one call to the next: a tile
+    reused in place gives its new values (`tests/test_kv_stats.py` checks it).
     """
-    b, n, _ = x.shape
-    parts = torch.get_num_threads()
-    return parts if b == 1 and parts > 1 and n % parts == 0 and n // parts >= MIN_PART else 1
+    b, n, d = x.shape
+    op = mlp.onednn_linear()
+    if op is None or not can_run(x, weight):  # e.g. a FLOP counter, which must see the product
+        kv = torch.bmm(weight.expand(b, -1, d), x.transpose(1, 2))
+    else:
+        w = weight.contiguous()
+        images = [op(w, image.contiguous(), None, "none", [], "") for image in x]
+        kv = images[0][None] if b == 1 else torch.stack(images)  # no copy for the usual single image
+    return kv.view(b, 2, heads, -1, n)
 
 
 def head_sums(
@@ -185,17 +187,14 @@ def head_sums(
     Σ r_k r_v k̃ᵀṽ (B, heads, dh, dh), Σ r_k k̃ and Σ r_v ṽ (B, heads, dh). CPU, float32, no
     autograd (the caller checks `loop_pool.can_run`).
     """
-    b, n, d = x.shape
+    b = x.shape[0]
     dh = weight.shape[0] // 2 // heads
-    parts = pixel_parts(x)
-    kv = product(x.reshape(b * parts, n // parts, d), weight, heads)
+    kv = product(x, weight, heads)
     dhp = padded(dh)
-    s = np.empty((b * parts, heads, dhp, dhp), np.float32)
-    ks, vs = np.empty((b * parts, heads, dh), np.float32), np.empty((b * parts, heads, dh), np.float32)
+    s = np.empty((b, heads, dhp, dhp), np.float32)
+    ks, vs = np.empty((b, heads, dh), np.float32), np.empty((b, heads, dh), np.float32)
     args = [kv.numpy(), bias.detach().reshape(2, heads, dh).contiguous().numpy(), s, ks, vs]
     # One (image, head) per block on torch's OpenMP threads; without them on the calling thread
     # alone: threads of our own competed with torch's spinning workers.
-    run_blocks(_kernel(), b * parts * heads, args, 1, pool=False)
-    if parts > 1:  # each part's sums, added up per image
-        s, ks, vs = (a.reshape(b, parts, *a.shape[1:]).sum(1) for a in (s, ks, vs))
+    run_blocks(_kernel(), b * heads, args, 1, pool=False)
     return torch.from_numpy(s)[..., :dh, :dh], torch.from_numpy(ks), torch.from_numpy(vs)

@@ -27,9 +27,10 @@ def thin_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> to
 
 
 @cache
-def _onednn_linear():
+def onednn_linear():
     """oneDNN's linear with a pointwise op fused into it, where this torch build has one (its own
-    CPU compiler's fusion, `torch.ops.mkldnn._linear_pointwise`); None otherwise."""
+    CPU compiler's fusion, `torch.ops.mkldnn._linear_pointwise`); None otherwise. Also the
+    Galerkin k/v product's (`kv_stats.product`), with no op fused."""
     if not torch.backends.mkldnn.is_available():
         return None
     return getattr(torch.ops.mkldnn, "_linear_pointwise", None)
@@ -47,7 +48,7 @@ def linear_act(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, act: s
     0.97–0.99, SSRNO M and X unchanged. Elsewhere (CUDA, autograd, dispatch modes that must see
     every product) the same maths as torch ops.
     """
-    op = _onednn_linear()
+    op = onednn_linear()
     if op is not None and can_run(x, weight, bias):
         # Contiguous: the op reads a strided bias as if it were dense (wrong values, no error).
         parts = (x.contiguous(), weight.contiguous(), bias.contiguous())
@@ -62,7 +63,7 @@ def linear_act_images(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor,
     weights = weight if weight.dim() == 3 else weight.expand(x.shape[0], -1, -1)
     if x.shape[0] == 1:  # no stack (a copy) for the usual single image
         return linear_act(x[0], weights[0], bias[0], act)[None]
-    if _onednn_linear() is None or not can_run(x, weight, bias):
+    if onednn_linear() is None or not can_run(x, weight, bias):
         return _activate(torch.baddbmm(bias[:, None], x, weights.transpose(1, 2)), act)
     return torch.stack([linear_act(*image, act) for image in zip(x, weights, bias, strict=True)])
 

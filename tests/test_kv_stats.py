@@ -8,9 +8,9 @@ import torch
 from model_support import counting
 from torch.utils.flop_counter import FlopCounterMode
 
-from models import registry
+from models import mlp, registry
 from models.galerkin import LAYER_NORM_EPS
-from models.kv_stats import head_sums, pixel_parts
+from models.kv_stats import head_sums
 from models.loop_pool import can_run
 
 HEADS = 16
@@ -43,21 +43,23 @@ def test_loop_equals_the_plain_sums(dh, batch, n) -> None:
         torch.testing.assert_close(g.double(), w, atol=1e-4 * n**0.5, rtol=1e-4)
 
 
+@pytest.mark.parametrize("onednn", [True, False])
 @torch.no_grad()
-def test_product_split_among_threads_gives_the_same_sums() -> None:
-    """A single image's tile is split into one part of its pixels per thread and the parts' sums
-    added; a batch, an odd tile or a short one is taken whole."""
+def test_product_gives_new_values_of_a_tile_reused_in_place(monkeypatch, onednn) -> None:
+    """The decoder's blocks write their output into their input's memory, and the next block's
+    sums read it there: the product (oneDNN with the tile as its weight, or BLAS without oneDNN)
+    must read the tile's values anew on every call, not reuse what it made of the last ones."""
+    if not onednn:
+        monkeypatch.setattr(mlp, "onednn_linear", lambda: None)
+    elif mlp.onednn_linear() is None:
+        pytest.skip("this torch build has no oneDNN linear")
     torch.manual_seed(3)
-    threads = torch.get_num_threads()
-    try:
-        torch.set_num_threads(4)
-        x, weight, bias = torch.randn(1, 4096, 96), torch.randn(2 * HEADS * 6, 96) / 96**0.5, torch.randn(192)
-        assert pixel_parts(x) == 4
-        assert [pixel_parts(t) for t in (x[:, :4095], x[:, :1024], torch.randn(2, 4096, 96))] == [1, 1, 1]
+    x, weight, bias = torch.randn(1, 4096, 96), torch.randn(2 * HEADS * 6, 96) / 96**0.5, torch.randn(192)
+    for step in range(3):
+        if step:
+            x.mul_(-0.5).add_(0.25)  # in place, as a block updates its tile
         for got, want in zip(head_sums(x, weight, bias, HEADS), plain_sums(x, weight, bias), strict=True):
             torch.testing.assert_close(got.double(), want, atol=1e-4 * 4096**0.5, rtol=1e-4)
-    finally:
-        torch.set_num_threads(threads)
 
 
 def test_torch_ops_run_where_they_must_be_seen() -> None:

@@ -153,7 +153,7 @@ def test_fused_linear_activation_equals_torch_ops(monkeypatch, act, shape) -> No
     expected = torch.nn.functional.gelu(plain) if act == "gelu" else torch.relu(plain)
     with torch.no_grad():
         fused = mlp.linear_act(x, weight, bias, act)
-        monkeypatch.setattr(mlp, "_onednn_linear", lambda: None)
+        monkeypatch.setattr(mlp, "onednn_linear", lambda: None)
         unfused = mlp.linear_act(x, weight, bias, act)
     assert fused.shape == unfused.shape == expected.shape
     torch.testing.assert_close(fused, expected, atol=2e-6, rtol=1e-5)
@@ -189,7 +189,7 @@ def test_fused_linear_activation_image_by_image(monkeypatch, batch, shared_weigh
         fused = mlp.linear_act_images(x, weight, bias, "gelu")
     with torch.enable_grad():
         trained = mlp.linear_act_images(x.requires_grad_(), weight, bias, "gelu")
-    monkeypatch.setattr(mlp, "_onednn_linear", lambda: None)
+    monkeypatch.setattr(mlp, "onednn_linear", lambda: None)
     with torch.no_grad():
         unfused = mlp.linear_act_images(x, weight, bias, "gelu")
     for got in (fused, trained.detach(), unfused):
