@@ -16,8 +16,9 @@ every chunk, the residual and the output included (bench 24 and earlier took the
 time less the encoder's, a difference of two timings: nine such differences for MoEISR b0 ×2
 at 128² ranged over 13.7–22.6 ms, a decoder of about 15 ms). Its fraction of the matmul peak
 is taken per timing, against short matmuls timed right before and after it, then the median
-over repeats: on a shared host the speed drifts within a run, and a peak measured only between
-rounds does not see the conditions under which a tier was timed.
+over repeats (each repeat's fraction is in the JSON too): on a shared host the speed drifts
+within a run, and a peak measured only between rounds does not see the conditions under which
+a tier was timed.
 
 `--gemm-widths` also times bare (rows × d) @ (d × d) products at the widths given, rows being the
 query tile of a Galerkin decoder d wide (`gemm_rows`): the rate a decoder made only of d-wide
@@ -235,6 +236,7 @@ def main(argv: list[str] | None = None) -> int:
                 "decoder_gflops": gflops(dec_macs, dec),
                 "matmul_gflops_beside": statistics.median(beside[key]),
                 "decoder_fraction_of_matmul": statistics.median(fractions),
+                "decoder_fractions": fractions,  # per repeat, in order: the median's spread
             }
         )
     summary = {}

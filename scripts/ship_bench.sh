@@ -5,9 +5,10 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 py=${PYTHON:-.venv/bin/python}
 json=${BENCH_JSON:-runs/bench-checkpoints.json}
-# The command the shipped latencies come from (models/README.md): 2 threads, 2 rounds, and the
-# bare matmuls of the decoders' widths and of MoEISR's thin products for comparison.
-"$py" -m models.bench --checkpoints --repeats "${REPEATS:-2}" --threads "${THREADS:-2}" \
+# The command the shipped latencies come from (models/README.md): 2 threads, 6 rounds (a median
+# of 2 moved with one slow timing), and the bare matmuls of the decoders' widths and of MoEISR's
+# thin products for comparison.
+"$py" -m models.bench --checkpoints --repeats "${REPEATS:-6}" --threads "${THREADS:-2}" \
     --gemm-widths 64,112,144,176,256 --gemm-shapes 4096x4x256,4096x256x3,4096x64x256 \
     --json "$json"
 for method in $("$py" -c "from models import registry; print(' '.join(registry.available()))"); do

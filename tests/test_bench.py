@@ -29,6 +29,7 @@ def test_bench_writes_every_tier_with_side_by_side_peak(tmp_path) -> None:
         assert r["matmul_gflops_beside"] > 0 and r["latency_ms"] > 0 and r["encode_ms"] > 0
         # One repeat: the fraction is that timing's decoder GFLOP/s over the matmul beside it.
         assert abs(r["decoder_fraction_of_matmul"] - r["decoder_gflops"] / r["matmul_gflops_beside"]) < 1e-9
+        assert r["decoder_fractions"] == [r["decoder_fraction_of_matmul"]]
     assert set(result["cheapest_over_richest_latency"]) == {"moeisr x2"}
     shapes = [(g["rows"], g["k"], g["n"]) for g in result["bare_gemms"]]
     # A width's rows are the query tile of a Galerkin decoder that wide.
